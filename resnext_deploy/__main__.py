@@ -1,0 +1,3 @@
+from resnext_deploy.cli import main
+
+main()

@@ -1,0 +1,282 @@
+"""The ``resnext-deploy`` command line: options -> config object -> library call -> rendering.
+
+User errors (:class:`DeployError`) end in one line on stderr and exit status 1. Heavy imports
+happen inside commands so that ``predict`` never imports torch.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from resnext_deploy.errors import DeployError
+from resnext_deploy.runtime.providers import Provider
+
+app = typer.Typer(
+    name="resnext-deploy",
+    help="Export, verify, run and benchmark ResNeXt image classifiers (TorchScript + ONNX).",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    add_completion=False,
+)
+out = Console()
+err = Console(stderr=True)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def handles_errors(func: F) -> F:
+    """Turn :class:`DeployError` into one clear line and a non-zero exit, with no traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except DeployError as exc:
+            err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            err.print("interrupted; nothing half-written was left behind")
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def parse_ints(text: str, what: str) -> tuple[int, ...]:
+    from resnext_deploy.errors import ConfigError
+
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise ConfigError(f"{what} must be comma-separated integers, got {text!r}") from None
+    if not values or any(v < 1 for v in values):
+        raise ConfigError(f"{what} must be positive integers, got {text!r}")
+    return values
+
+
+def parse_floats3(text: str | None, what: str) -> tuple[float, float, float] | None:
+    from resnext_deploy.errors import ConfigError
+
+    if text is None:
+        return None
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3:
+        raise ConfigError(f"{what} needs three comma-separated numbers, got {text!r}")
+    return values  # type: ignore[return-value]
+
+
+def read_class_names(text: str | None) -> tuple[str, ...]:
+    """``a,b,c`` or ``@file`` with one name per line."""
+    from resnext_deploy.errors import ConfigError
+
+    if not text:
+        return ()
+    if text.startswith("@"):
+        path = Path(text[1:])
+        if not path.is_file():
+            raise ConfigError(f"class-names file not found: {path}")
+        return tuple(ln.strip() for ln in path.read_text().splitlines() if ln.strip())
+    return tuple(n.strip() for n in text.split(",") if n.strip())
+
+
+def emit_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+@app.command()
+@handles_errors
+def models(
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """List the registered architectures with parameters and GMACs."""
+    from rich.table import Table
+
+    from resnext_deploy.models.registry import ARCHS, describe
+
+    infos = [describe(name) for name in ARCHS.names()]
+    if as_json:
+        emit_json(
+            [
+                {"name": i.name, "params": i.params, "gmacs": i.gmacs, "config": i.config.to_dict()}
+                for i in infos
+            ]
+        )
+        return
+    table = Table(title="Registered architectures (1000 classes, default input size)")
+    for col in ("name", "blocks", "C", "d", "stem", "input", "params M", "GMACs"):
+        table.add_column(col, justify="left" if col in ("name", "stem") else "right", no_wrap=True)
+    for i in infos:
+        c = i.config
+        table.add_row(
+            i.name,
+            "/".join(map(str, c.layers)),
+            str(c.cardinality),
+            str(c.base_width),
+            c.stem,
+            str(c.input_size),
+            f"{i.params / 1e6:.2f}",
+            f"{i.gmacs:.2f}",
+        )
+    out.print(table)
+    out.print(
+        "C = cardinality (groups), d = channels per group in the first stage; "
+        "GMACs = multiply-accumulates per image, as torchvision counts them."
+    )
+
+
+@app.command()
+@handles_errors
+def export(
+    checkpoint: Annotated[
+        Path, typer.Argument(help="State dict (.pth/.pt), any supported layout.")
+    ],
+    arch: Annotated[
+        str | None,
+        typer.Option(
+            help="Architecture name (see `models`); read from "
+            "the checkpoint when it was saved by `train`."
+        ),
+    ] = None,
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", help="Output directory [default: exported/<arch>].")
+    ] = None,
+    num_classes: Annotated[
+        int | None,
+        typer.Option(help="Check the classifier has this many classes [default: inferred]."),
+    ] = None,
+    class_names: Annotated[str | None, typer.Option(help="Comma-separated names or @file.")] = None,
+    layout: Annotated[
+        str | None,
+        typer.Option(help="Checkpoint layout: torchvision, modulelist, parts [default: detected]."),
+    ] = None,
+    input_size: Annotated[int | None, typer.Option(help="Input side in pixels.")] = None,
+    resize: Annotated[int | None, typer.Option(help="Shorter side before the centre crop.")] = None,
+    mean: Annotated[
+        str | None, typer.Option(help="Normalisation mean, e.g. 0.485,0.456,0.406")
+    ] = None,
+    std: Annotated[
+        str | None, typer.Option(help="Normalisation std, e.g. 0.229,0.224,0.225")
+    ] = None,
+    opset: Annotated[int, typer.Option(help="ONNX opset (>= 18).")] = 20,
+    image: Annotated[
+        list[Path] | None, typer.Option(help="Image or folder for the parity gate (repeatable).")
+    ] = None,
+    batch_sizes: Annotated[str, typer.Option(help="Parity batch sizes.")] = "1,2,3,8",
+    force: Annotated[bool, typer.Option(help="Replace an existing output directory.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Export a checkpoint to TorchScript and ONNX, gated by a parity check."""
+    from resnext_deploy.export.pipeline import ExportConfig, export_checkpoint
+    from resnext_deploy.models.checkpoint import LoadOptions
+    from resnext_deploy.render import print_parity
+    from resnext_deploy.verify import VerifyConfig
+
+    load = LoadOptions(
+        arch=arch,
+        num_classes=num_classes,
+        class_names=read_class_names(class_names),
+        layout=layout,
+        input_size=input_size,
+        resize=resize,
+        mean=parse_floats3(mean, "--mean"),
+        std=parse_floats3(std, "--std"),
+    )
+    verify = VerifyConfig(
+        batch_sizes=parse_ints(batch_sizes, "--batch-sizes"), images=tuple(image or ())
+    )
+    target = out_dir or Path("exported") / (arch or checkpoint.stem)
+    with err.status(f"exporting {checkpoint} ..."):
+        result = export_checkpoint(checkpoint, load, ExportConfig(target, opset, force, verify))
+    if as_json:
+        emit_json(
+            {
+                "out_dir": str(result.out_dir),
+                "spec": result.spec.to_dict(),
+                "files": result.files,
+                "conv_groups": result.convs.by_group,
+                "parity": result.parity.to_dict(),
+            }
+        )
+        return
+    print_parity(out, result.parity)
+    groups = ", ".join(f"{n}x group={g}" for g, n in result.convs.by_group.items())
+    out.print(f"ONNX convolutions: {result.convs.total} ({groups})")
+    for name, size in result.files.items():
+        out.print(f"  {result.out_dir / name}  {size / 1e6:.1f} MB")
+    out.print(
+        f"[green]exported[/] {result.spec.arch} ({result.spec.num_classes} classes) "
+        f"to {result.out_dir}"
+    )
+
+
+@app.command()
+@handles_errors
+def verify(
+    export_dir: Annotated[Path, typer.Argument(help="An export directory.")],
+    image: Annotated[list[Path] | None, typer.Option(help="Image or folder (repeatable).")] = None,
+    batch_sizes: Annotated[str, typer.Option(help="Batch sizes to compare at.")] = "1,2,3,8",
+    provider: Annotated[
+        list[Provider] | None,
+        typer.Option(
+            help="onnxruntime provider that must run (repeatable) [default: cpu, plus cuda when "
+            "usable]."
+        ),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the random inputs.")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Check eager vs TorchScript vs onnxruntime parity of an export (exit 1 on failure)."""
+    from resnext_deploy.export.manifest import open_artifact
+    from resnext_deploy.render import print_parity
+    from resnext_deploy.verify import VerifyConfig, verify_artifact
+
+    artifact = open_artifact(export_dir)
+    config = VerifyConfig(
+        batch_sizes=parse_ints(batch_sizes, "--batch-sizes"),
+        images=tuple(image or ()),
+        seed=seed,
+        providers=tuple(provider or (Provider.CPU,)),
+        auto_cuda=not provider,
+    )
+    with err.status("comparing backends ..."):
+        report = verify_artifact(artifact, config)
+    if as_json:
+        emit_json(report.to_dict())
+    else:
+        print_parity(out, report)
+    if not report.passed:
+        raise typer.Exit(1)
+
+
+@app.command()
+@handles_errors
+def inspect(
+    path: Annotated[Path, typer.Argument(help=".onnx file, TorchScript .pt file or export dir.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Show metadata, inputs/outputs, opset, operator counts and Conv groups of a model file."""
+    from resnext_deploy.inspect_model import inspect_file
+    from resnext_deploy.render import print_model_info
+
+    info = inspect_file(path)
+    if as_json:
+        emit_json(info.to_dict())
+    else:
+        print_model_info(out, info)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

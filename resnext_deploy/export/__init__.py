@@ -1,0 +1,1 @@
+"""Export a model to TorchScript and ONNX with its spec inside, atomically, behind a parity gate."""

@@ -1,0 +1,97 @@
+"""The export command as a function: checkpoint -> verified export directory, or nothing."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from resnext_deploy.environment import package_versions
+from resnext_deploy.errors import ExportError, ParityError
+from resnext_deploy.export.atomic import atomic_directory
+from resnext_deploy.export.manifest import (
+    MANIFEST,
+    ONNX_FILE,
+    PARITY_FILE,
+    TORCHSCRIPT_FILE,
+    WEIGHTS_FILE,
+    build_manifest,
+)
+from resnext_deploy.export.onnx_export import DEFAULT_OPSET, ConvSummary, conv_summary, export_onnx
+from resnext_deploy.export.torchscript import export_torchscript
+from resnext_deploy.models.checkpoint import LoadOptions, load_model
+from resnext_deploy.parity import ParityReport
+from resnext_deploy.spec import ModelSpec
+from resnext_deploy.verify import VerifyConfig, compare_model_with_files
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    out_dir: Path
+    opset: int = DEFAULT_OPSET
+    overwrite: bool = False
+    verify: VerifyConfig = field(default_factory=VerifyConfig)
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    out_dir: Path
+    spec: ModelSpec
+    files: dict[str, int]
+    convs: ConvSummary
+    parity: ParityReport
+
+
+def export_checkpoint(checkpoint: Path, load: LoadOptions, config: ExportConfig) -> ExportResult:
+    """Load a checkpoint (any supported layout) and export it; see :func:`export_model`."""
+    model, spec = load_model(checkpoint, load)
+    return export_model(model, spec, config)
+
+
+def export_model(model: nn.Module, spec: ModelSpec, config: ExportConfig) -> ExportResult:
+    """Write weights, TorchScript, ONNX, parity report and manifest to ``config.out_dir``.
+
+    Everything is staged in a sibling directory and renamed into place only after the parity gate
+    passes. Raises :class:`ParityError` (nothing written) when a backend disagrees with eager,
+    :class:`ExportError` when the model cannot be exported.
+    """
+    check_exportable(model)
+    model.eval()
+    example = torch.randn(
+        2, 3, spec.input_size, spec.input_size, generator=torch.Generator().manual_seed(0)
+    )
+    with torch.inference_mode():
+        model(example)  # one eager pass in eval mode before tracing catches shape errors early
+    versions = package_versions()
+    with atomic_directory(config.out_dir, overwrite=config.overwrite) as stage:
+        torch.save({"state_dict": model.state_dict(), "spec": spec.to_dict()}, stage / WEIGHTS_FILE)
+        export_torchscript(model, example, stage / TORCHSCRIPT_FILE, spec, versions)
+        export_onnx(model, example, stage / ONNX_FILE, spec, versions, config.opset)
+        convs = conv_summary(stage / ONNX_FILE)
+        report = compare_model_with_files(model, spec, stage, config.verify)
+        if not report.passed:
+            failed = "; ".join(
+                f"{b.backend}: {', '.join(b.failures)}" for b in report.backends if not b.passed
+            )
+            raise ParityError(f"parity gate failed, nothing was written ({failed})")
+        (stage / PARITY_FILE).write_text(json.dumps(report.to_dict(), indent=2))
+        files = [WEIGHTS_FILE, TORCHSCRIPT_FILE, ONNX_FILE, PARITY_FILE]
+        manifest = build_manifest(stage, spec, versions, files)
+        (stage / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        sizes = {name: (stage / name).stat().st_size for name in files}
+    return ExportResult(config.out_dir, spec, sizes, convs, report)
+
+
+def check_exportable(model: nn.Module) -> None:
+    """Refuse models whose eval-mode output is undefined: BatchNorm without running statistics."""
+    for name, module in model.named_modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and (
+            not module.track_running_stats or module.running_mean is None
+        ):
+            raise ExportError(
+                f"BatchNorm layer {name!r} has no running statistics, so its eval-mode output "
+                "depends on the batch; train it with track_running_stats=True"
+            )

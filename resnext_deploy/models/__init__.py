@@ -1,0 +1,1 @@
+"""The ResNeXt family, checkpoint loading and import of other layouts."""

@@ -1,0 +1,227 @@
+"""Read user checkpoints safely and turn them into a canonical model plus its :class:`ModelSpec`."""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from resnext_deploy.errors import CheckpointError
+from resnext_deploy.models.layouts import convert_layout, detect_layout
+from resnext_deploy.models.registry import ARCHS, _build_on_meta, build_model
+from resnext_deploy.spec import IMAGENET_MEAN, IMAGENET_STD, ArchConfig, ModelSpec
+
+STRIP_PREFIXES = ("module.", "_orig_mod.")
+MAX_LISTED = 6
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A state dict as read from disk, with whatever spec the trainer saved beside it."""
+
+    path: Path
+    state_dict: dict[str, torch.Tensor]
+    sha256: str
+    spec: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """What the user told us about a checkpoint; ``None`` means infer it."""
+
+    arch: str | None = None
+    num_classes: int | None = None
+    class_names: tuple[str, ...] = ()
+    layout: str | None = None
+    input_size: int | None = None
+    resize: int | None = None
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def read_checkpoint(path: str | Path) -> Checkpoint:
+    """Load a state dict with ``torch.load(weights_only=True)``.
+
+    Accepts a bare state dict or a dict holding one under ``state_dict`` or ``model``; strips
+    ``module.``/``_orig_mod.`` prefixes. Raises :class:`CheckpointError` for a missing file, a file
+    that is not a checkpoint, or a pickled full model (which could run arbitrary code on load).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "GLOBAL" in str(exc) or "Unsupported global" in str(exc):
+            raise CheckpointError(
+                f"{path} holds a pickled Python object (a full model?), not a state dict. "
+                "Loading it would execute arbitrary code, so resnext-deploy refuses. Re-save it "
+                "where it was trained with `torch.save(model.state_dict(), 'weights.pth')`."
+            ) from None
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint ({_first_line(exc)})") from None
+    except Exception as exc:  # noqa: BLE001 - garbage input fails in many ways inside torch.load
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint ({_first_line(exc)})") from None
+
+    spec = None
+    if isinstance(obj, Mapping):
+        spec = obj.get("spec") if isinstance(obj.get("spec"), Mapping) else None
+        for key in ("state_dict", "model"):
+            if isinstance(obj.get(key), Mapping):
+                obj = obj[key]
+                break
+    if not isinstance(obj, Mapping) or not obj:
+        raise CheckpointError(f"{path} holds no state dict (expected a mapping of tensors)")
+    tensors = {_strip(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise CheckpointError(f"{path} holds no tensors")
+    return Checkpoint(path, tensors, file_sha256(path), dict(spec) if spec else None)
+
+
+def load_model(
+    path: str | Path, options: LoadOptions = LoadOptions()
+) -> tuple[nn.Module, ModelSpec]:
+    """Build the canonical model for a checkpoint and load its weights strictly.
+
+    Returns the model in eval mode and the spec that travels with it. Raises
+    :class:`CheckpointError` when keys or shapes do not fit, naming what differs and, when another
+    registered architecture fits, suggesting it.
+    """
+    ckpt = read_checkpoint(path)
+    saved = ckpt.spec or {}
+    layout = options.layout or saved.get("layout") or detect_layout(ckpt.state_dict)
+    state, layout_cfg = convert_layout(ckpt.state_dict, layout)
+
+    arch = options.arch or saved.get("arch")
+    if layout_cfg is not None:
+        cfg = layout_cfg
+        arch = arch or f"{layout}_resnext50"
+    elif arch is None:
+        raise CheckpointError(
+            f"{ckpt.path} does not say which architecture it is; pass --arch "
+            f"(one of: {', '.join(ARCHS.names())})"
+        )
+    elif arch in ARCHS:
+        cfg = ARCHS.get(arch)
+    elif saved.get("arch_config"):
+        cfg = ArchConfig.from_dict(saved["arch_config"])
+    else:
+        cfg = ARCHS.get(arch)  # raises with the list of valid names
+    if options.input_size:
+        cfg = replace(cfg, input_size=options.input_size)
+
+    num_classes = _num_classes(state, options.num_classes, ckpt.path)
+    model = build_model(cfg, num_classes)
+    _check_fit(model, state, arch, ckpt.path)
+    model.load_state_dict(state, strict=True)
+    model.eval()
+
+    class_names = options.class_names or tuple(saved.get("class_names", ()))
+    if class_names and len(class_names) != num_classes:
+        raise CheckpointError(
+            f"{len(class_names)} class names given but the checkpoint has {num_classes} classes"
+        )
+    input_size = options.input_size or saved.get("input_size") or cfg.input_size
+    default_resize = input_size if cfg.stem == "cifar" else round(input_size * 256 / 224)
+    spec = ModelSpec(
+        arch=arch,
+        num_classes=num_classes,
+        input_size=input_size,
+        resize=options.resize or saved.get("resize") or default_resize,
+        mean=options.mean or tuple(saved.get("mean", IMAGENET_MEAN)),
+        std=options.std or tuple(saved.get("std", IMAGENET_STD)),
+        class_names=tuple(class_names),
+        arch_config=cfg.to_dict(),
+        layout=layout,
+        source_sha256=ckpt.sha256,
+    )
+    return model, spec
+
+
+def _num_classes(state: Mapping[str, torch.Tensor], requested: int | None, path: Path) -> int:
+    fc = state.get("fc.weight")
+    if fc is None or fc.ndim != 2:
+        raise CheckpointError(f"{path} has no classifier weight 'fc.weight'; is it a ResNeXt?")
+    found = int(fc.shape[0])
+    if requested is not None and requested != found:
+        raise CheckpointError(
+            f"--num-classes {requested} does not match the checkpoint, whose classifier "
+            f"'fc.weight' {tuple(fc.shape)} has {found} classes"
+        )
+    return found
+
+
+def _check_fit(model: nn.Module, state: Mapping[str, torch.Tensor], arch: str, path: Path) -> None:
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    conflicts = [
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
+    ]
+    if not (missing or unexpected or conflicts):
+        return
+    if (
+        missing
+        and all(k.endswith(("running_mean", "running_var", "num_batches_tracked")) for k in missing)
+        and not unexpected
+        and not conflicts
+    ):
+        raise CheckpointError(
+            f"{path} has BatchNorm layers without running statistics; an exported model needs "
+            "them (train with track_running_stats=True)"
+        )
+    parts = [f"{path} does not fit architecture {arch!r}:"]
+    for label, items in (("missing", missing), ("unexpected", unexpected), ("shape", conflicts)):
+        if items:
+            more = f" (+{len(items) - MAX_LISTED} more)" if len(items) > MAX_LISTED else ""
+            parts.append(f"{label} keys: {', '.join(items[:MAX_LISTED])}{more}.")
+    fits = suggest_archs(state, exclude=arch)
+    parts.append(f"It fits: {', '.join(fits)}." if fits else "No registered architecture fits it.")
+    raise CheckpointError(" ".join(parts))
+
+
+def suggest_archs(state: Mapping[str, torch.Tensor], exclude: str | None = None) -> list[str]:
+    """Registered architectures whose keys and shapes (classifier aside) match ``state``."""
+    fits = []
+    shapes = {k: tuple(v.shape) for k, v in state.items() if not k.startswith("fc.")}
+    for name, cfg in ARCHS:
+        if name == exclude:
+            continue
+        expected = {
+            k: tuple(v.shape)
+            for k, v in _build_on_meta(cfg, 1).state_dict().items()
+            if not k.startswith("fc.")
+        }
+        if expected == shapes:
+            fits.append(name)
+    return fits
+
+
+def _strip(key: str) -> str:
+    changed = True
+    while changed:
+        changed = False
+        for prefix in STRIP_PREFIXES:
+            if key.startswith(prefix):
+                key, changed = key[len(prefix) :], True
+    return key
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__

@@ -1,0 +1,77 @@
+"""Console rendering of result objects (the CLI's only formatting code)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from resnext_deploy.inspect_model import ModelInfo
+from resnext_deploy.parity import ParityReport
+
+
+def parity_table(report: ParityReport) -> Table:
+    table = Table(title=f"Parity against {report.reference} on: {', '.join(report.inputs)}")
+    for col in ("backend", "max abs", "max rel", "cosine", "top-1", "top-5", "finite", "result"):
+        table.add_column(col, justify="left" if col in ("backend", "result") else "right")
+    for b in report.backends:
+        table.add_row(
+            b.backend,
+            f"{b.max_abs:.2e}",
+            f"{b.max_rel:.2e}",
+            f"{b.min_cosine:.7f}",
+            f"{b.top1:.1%}",
+            f"{b.top5:.1%}",
+            "no" if b.nonfinite else "yes",
+            "[green]pass[/]" if b.passed else f"[red]FAIL[/] {'; '.join(b.failures)}",
+        )
+    return table
+
+
+def print_parity(console: Console, report: ParityReport) -> None:
+    console.print(parity_table(report))
+    for name, why in report.skipped.items():
+        console.print(f"[yellow]skipped[/] {name}: {why}", highlight=False)
+    tol = report.backends[0].tolerance if report.backends else None
+    if tol:
+        console.print(
+            f"tolerance: max rel error <= {tol.max_rel:g} (|diff| / max|reference|), cosine >= "
+            f"{tol.min_cosine}, top-1 agreement >= {tol.min_top1:.0%} outside ties "
+            f"(reference top-2 margin <= {tol.tie_margin:g})"
+        )
+    console.print("[green]PARITY OK[/]" if report.passed else "[red]PARITY FAILED[/]")
+
+
+def print_model_info(console: Console, info: ModelInfo) -> None:
+    console.print(
+        f"[bold]{info.path}[/] ({info.format}"
+        + (f", opset {info.opset}" if info.opset else "")
+        + ")"
+    )
+    console.print(f"parameters: {info.parameters:,}")
+    for label, tensors in (("inputs", info.inputs), ("outputs", info.outputs)):
+        for t in tensors:
+            shape = "x".join(str(d) for d in t.shape) if t.shape else "?"
+            console.print(f"{label[:-1]}: {t.name} {t.dtype} [{shape}]")
+    if info.conv_groups:
+        groups = ", ".join(f"{n} with group={g}" for g, n in info.conv_groups.items())
+        console.print(f"convolutions: {sum(info.conv_groups.values())} ({groups})")
+    ops = Table(title="operators")
+    ops.add_column("op")
+    ops.add_column("count", justify="right")
+    for op, n in info.op_counts.items():
+        ops.add_row(op, str(n))
+    console.print(ops)
+    if info.metadata:
+        meta = Table(title="metadata")
+        meta.add_column("key")
+        meta.add_column("value", overflow="fold")
+        for k, v in info.metadata.items():
+            meta.add_row(k, _short(v))
+        console.print(meta)
+
+
+def _short(value: Any, limit: int = 200) -> str:
+    text = str(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -1,0 +1,1 @@
+"""One runner per backend behind one interface, and the onnxruntime provider guard."""

@@ -1,0 +1,144 @@
+"""Frozen configuration objects that travel with a model: its architecture and its preprocessing.
+
+This module imports nothing heavy, so the torch-free ``predict`` path can use it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Literal
+
+from resnext_deploy.errors import ArtifactError, ConfigError
+
+Stem = Literal["imagenet", "cifar"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+SPEC_KEY = "resnext_deploy.spec"
+
+
+@dataclass(frozen=True)
+class ArchConfig:
+    """A member of the bottleneck-ResNet family; ResNeXt is ``cardinality > 1``.
+
+    ``width = int(planes * base_width / 64) * cardinality`` channels go through the grouped 3x3
+    convolution of a block (torchvision's formula), ``planes`` being 64, 128, 256, 512 per stage.
+    """
+
+    layers: tuple[int, ...]
+    cardinality: int = 32
+    base_width: int = 4
+    stem: Stem = "imagenet"
+    stride_in_1x1: bool = False
+    bn_eps: float = 1e-5
+    conv_bias: bool = False
+    input_size: int = 224
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        expected = 4 if self.stem == "imagenet" else 3
+        if self.stem not in ("imagenet", "cifar"):
+            raise ConfigError(f"stem must be 'imagenet' or 'cifar', not {self.stem!r}")
+        if len(self.layers) != expected or any(n < 1 for n in self.layers):
+            raise ConfigError(
+                f"a {self.stem} ResNeXt needs {expected} stages of >= 1 block, got {self.layers}"
+            )
+        if self.cardinality < 1 or self.base_width < 1:
+            raise ConfigError("cardinality and base_width must be positive")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ArchConfig:
+        known = {f.name for f in fields(cls)}
+        kwargs = {k: v for k, v in data.items() if k in known}
+        kwargs["layers"] = tuple(kwargs.get("layers", ()))
+        try:
+            return cls(**kwargs)
+        except TypeError as exc:
+            raise ArtifactError(f"architecture config is incomplete: {exc}") from None
+
+    @property
+    def depth(self) -> int:
+        return 3 * sum(self.layers) + 2
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["layers"] = list(self.layers)
+        return d
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything a consumer needs to feed the model and read its answer.
+
+    Preprocessing: RGB image -> resize so the shorter side is ``resize`` -> centre crop
+    ``input_size`` x ``input_size`` -> scale to [0, 1] -> ``(x - mean) / std`` -> NCHW float32.
+    """
+
+    arch: str
+    num_classes: int
+    input_size: int
+    resize: int
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    class_names: tuple[str, ...] = ()
+    arch_config: dict[str, Any] = field(default_factory=dict)
+    layout: str = "torchvision"
+    source_sha256: str = ""
+
+    def __post_init__(self) -> None:
+        if self.num_classes < 1:
+            raise ConfigError(f"num_classes must be >= 1, got {self.num_classes}")
+        if self.class_names and len(self.class_names) != self.num_classes:
+            raise ConfigError(
+                f"{len(self.class_names)} class names given for a model with "
+                f"{self.num_classes} classes"
+            )
+        if self.resize < self.input_size:
+            raise ConfigError(f"resize ({self.resize}) must be >= input_size ({self.input_size})")
+        if len(self.mean) != 3 or len(self.std) != 3 or any(s <= 0 for s in self.std):
+            raise ConfigError("mean and std need three values each, std > 0")
+
+    def architecture(self) -> ArchConfig:
+        """The exact :class:`ArchConfig` the weights belong to."""
+        if not self.arch_config:
+            raise ArtifactError(f"model spec for {self.arch!r} carries no architecture config")
+        return ArchConfig.from_dict(self.arch_config)
+
+    def labels(self) -> list[str]:
+        """Class names, or ``class_<i>`` where none were given."""
+        return list(self.class_names) or [f"class_{i}" for i in range(self.num_classes)]
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["mean"], d["std"], d["class_names"] = (
+            list(self.mean),
+            list(self.std),
+            list(self.class_names),
+        )
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelSpec:
+        known = {f.name for f in fields(cls)}
+        try:
+            kwargs = {k: v for k, v in data.items() if k in known}
+            for key in ("mean", "std", "class_names"):
+                if key in kwargs:
+                    kwargs[key] = tuple(kwargs[key])
+            return cls(**kwargs)
+        except TypeError as exc:
+            raise ArtifactError(f"model spec is incomplete: {exc}") from None
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelSpec:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ArtifactError(f"model spec is not valid JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise ArtifactError("model spec must be a JSON object")
+        return cls.from_dict(data)

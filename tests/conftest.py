@@ -1,0 +1,78 @@
+"""Shared fixtures: tiny models, their checkpoints and one export, built once per session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from resnext_deploy.models.registry import build_model
+
+TINY = "resnext14_8x4d"  # ImageNet stem, 4 stages of one block, cardinality 8, 64 px
+
+
+def randomize_bn(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Give BatchNorm layers non-trivial statistics so that folding bugs cannot hide."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            n = m.num_features
+            m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(n, generator=g) * 0.5 + 0.75)
+            m.weight.data.copy_(torch.rand(n, generator=g) * 0.5 + 0.75)
+            m.bias.data.copy_(torch.randn(n, generator=g) * 0.1)
+    return model
+
+
+@pytest.fixture(scope="session")
+def tiny_model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return randomize_bn(build_model(TINY, num_classes=7))
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tiny_model: torch.nn.Module, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pth"
+    torch.save(tiny_model.state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One verified export of the tiny model, shared read-only by many tests."""
+    from resnext_deploy.export.pipeline import ExportConfig, export_checkpoint
+    from resnext_deploy.models.checkpoint import LoadOptions
+
+    out = tmp_path_factory.mktemp("exports") / "tiny"
+    names = tuple(f"c{i}" for i in range(7))
+    export_checkpoint(tiny_checkpoint, LoadOptions(arch=TINY, class_names=names), ExportConfig(out))
+    return out
+
+
+def has_cuda() -> bool:
+    """True only when onnxruntime can really start its CUDA provider here."""
+    from onnx import TensorProto, helper
+
+    from resnext_deploy.errors import ProviderUnavailableError
+    from resnext_deploy.runtime.providers import Provider, SessionConfig, create_session
+
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    try:
+        create_session(model.SerializeToString(), SessionConfig(provider=Provider.CUDA))
+    except ProviderUnavailableError:
+        return False
+    return True
+
+
+@pytest.fixture(scope="session")
+def cuda_or_skip() -> None:
+    """Skip GPU-only tests, with the reason, on machines where the CUDA provider cannot start."""
+    if not has_cuda():
+        pytest.skip("no usable CUDA GPU: onnxruntime's CUDA provider cannot start on this machine")
