@@ -193,9 +193,8 @@ def export(
     verify = VerifyConfig(
         batch_sizes=parse_ints(batch_sizes, "--batch-sizes"), images=tuple(image or ())
     )
-    target = out_dir or Path("exported") / (arch or checkpoint.stem)
     with err.status(f"exporting {checkpoint} ..."):
-        result = export_checkpoint(checkpoint, load, ExportConfig(target, opset, force, verify))
+        result = export_checkpoint(checkpoint, load, ExportConfig(out_dir, opset, force, verify))
     if as_json:
         emit_json(
             {
@@ -272,6 +271,107 @@ def inspect(
         emit_json(info.to_dict())
     else:
         print_model_info(out, info)
+
+
+@app.command()
+@handles_errors
+def train(
+    data: Annotated[
+        str,
+        typer.Argument(
+            help="ImageFolder directory (class per subfolder), or "
+            "'digits' for scikit-learn's bundled digits."
+        ),
+    ] = "digits",
+    arch: Annotated[str, typer.Option(help="Registered architecture.")] = "resnext11_mini",
+    out_dir: Annotated[Path, typer.Option("--out", help="Run directory.")] = Path("runs/train"),
+    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 10,
+    batch_size: Annotated[int, typer.Option(help="Batch size.")] = 64,
+    lr: Annotated[float, typer.Option(help="Learning rate.")] = 1e-3,
+    optimizer: Annotated[str, typer.Option(help="adam, adamw or sgd.")] = "adam",
+    weight_decay: Annotated[float, typer.Option(help="Weight decay.")] = 0.0,
+    input_size: Annotated[
+        int | None, typer.Option(help="Input side [default: the arch's].")
+    ] = None,
+    val_fraction: Annotated[
+        float, typer.Option(help="Validation share when there is no train/ + val/.")
+    ] = 0.2,
+    augment: Annotated[bool, typer.Option(help="Random flips and shifts.")] = False,
+    seed: Annotated[int, typer.Option(help="Seed for split, init and shuffling.")] = 0,
+) -> None:
+    """Train a ResNeXt; the best epoch is saved with its spec, ready for `export`."""
+    from resnext_deploy.render import RichTrainObserver, print_training
+    from resnext_deploy.train import TrainConfig
+    from resnext_deploy.train import train as run_training
+
+    config = TrainConfig(
+        data=data,
+        arch=arch,
+        out_dir=out_dir,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        optimizer=optimizer,
+        weight_decay=weight_decay,
+        seed=seed,
+        val_fraction=val_fraction,
+        input_size=input_size,
+        augment=augment,
+    )
+    with RichTrainObserver(err) as observer:
+        result = run_training(config, observer)
+    print_training(out, result)
+
+
+@app.command()
+@handles_errors
+def predict(
+    model: Annotated[Path, typer.Argument(help="model.onnx or an export directory.")],
+    images: Annotated[list[Path], typer.Argument(help="Image files or folders.")],
+    top_k: Annotated[int, typer.Option(help="Labels per image.")] = 5,
+    batch_size: Annotated[int, typer.Option(help="Images per inference call.")] = 16,
+    provider: Annotated[Provider, typer.Option(help="onnxruntime provider.")] = Provider.CPU,
+    fmt: Annotated[str, typer.Option("--format", help="table, json or csv.")] = "table",
+) -> None:
+    """Top-k labels with probabilities, using only onnxruntime, numpy and Pillow (no torch).
+
+    Unreadable files are reported by name and skipped; the exit status is 1 if any were.
+    """
+    from resnext_deploy.errors import ConfigError
+    from resnext_deploy.predict import Classifier, predict_paths
+    from resnext_deploy.runtime.providers import SessionConfig
+
+    if fmt not in ("table", "json", "csv"):
+        raise ConfigError(f"--format must be table, json or csv, not {fmt!r}")
+    classifier = Classifier(model, SessionConfig(provider=provider))
+    result = predict_paths(classifier, images, top_k, batch_size)
+    if fmt == "json":
+        emit_json(
+            {
+                "model": str(model),
+                "predictions": [p.to_dict() for p in result.predictions],
+                "failures": result.failures,
+            }
+        )
+    elif fmt == "csv":
+        import csv
+
+        writer = csv.writer(sys.stdout)
+        writer.writerow(["file", "rank", "label", "index", "probability"])
+        for p in result.predictions:
+            for rank, (label, idx, prob) in enumerate(
+                zip(p.labels, p.indices, p.probabilities, strict=True), 1
+            ):
+                writer.writerow([p.file, rank, label, idx, f"{prob:.6f}"])
+    else:
+        from resnext_deploy.render import print_predictions
+
+        print_predictions(out, result.predictions)
+    for failure in result.failures:
+        err.print(f"[red]skipped[/] {failure}", highlight=False)
+    if result.failures:
+        err.print(f"{len(result.failures)} file(s) could not be classified")
+        raise typer.Exit(1)
 
 
 def main() -> None:

@@ -72,6 +72,83 @@ def print_model_info(console: Console, info: ModelInfo) -> None:
         console.print(meta)
 
 
+def print_predictions(console: Console, predictions: list[Any]) -> None:
+    table = Table(title="Predictions")
+    table.add_column("file", overflow="fold")
+    table.add_column("top-1")
+    table.add_column("prob", justify="right")
+    table.add_column("next best")
+    for p in predictions:
+        rest = ", ".join(
+            f"{lb} {pr:.1%}" for lb, pr in zip(p.labels[1:], p.probabilities[1:], strict=True)
+        )
+        table.add_row(p.file, p.labels[0], f"{p.probabilities[0]:.1%}", rest)
+    console.print(table)
+
+
+class RichTrainObserver:
+    """A progress bar per epoch and one line of metrics when it ends (on stderr)."""
+
+    def __init__(self, console: Console) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+        self.console = console
+        self.progress = Progress(
+            "[progress.description]{task.description}",
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+        )
+        self.task: Any = None
+
+    def __enter__(self) -> RichTrainObserver:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def start_epoch(self, epoch: int, batches: int) -> None:
+        if self.task is not None:
+            self.progress.remove_task(self.task)
+        self.task = self.progress.add_task(f"epoch {epoch}", total=batches)
+
+    def advance(self) -> None:
+        self.progress.advance(self.task)
+
+    def end_epoch(self, stats: Any) -> None:
+        self.progress.console.print(
+            f"epoch {stats.epoch:>3}  train loss {stats.train_loss:.3f} acc {stats.train_acc:6.1%}"
+            f"  |  val loss {stats.val_loss:.3f} acc {stats.val_acc:6.1%}  ({stats.seconds:.1f} s)",
+            highlight=False,
+        )
+
+
+def print_training(console: Console, result: Any) -> None:
+    for line in result.skipped:
+        console.print(f"[yellow]skipped[/] {line}", highlight=False)
+    names = result.spec.labels()
+    table = Table(title="Confusion matrix on the validation split (rows: true, columns: predicted)")
+    table.add_column("")
+    for n in names:
+        table.add_column(n[:8], justify="right")
+    for name, row in zip(names, result.confusion, strict=True):
+        table.add_row(name[:12], *[str(v) if v else "." for v in row])
+    console.print(table)
+    console.print(
+        f"best validation accuracy {result.best_val_acc:.2%} at epoch {result.best_epoch}"
+        f" of {len(result.history)}"
+    )
+    console.print(
+        f"checkpoint: {result.checkpoint} (spec inside: export it with "
+        f"`resnext-deploy export {result.checkpoint}`)"
+    )
+    if result.curves:
+        console.print(f"curves: {result.curves}")
+
+
 def _short(value: Any, limit: int = 200) -> str:
     text = str(value)
     return text if len(text) <= limit else text[: limit - 1] + "…"

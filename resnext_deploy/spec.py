@@ -23,7 +23,8 @@ class ArchConfig:
     """A member of the bottleneck-ResNet family; ResNeXt is ``cardinality > 1``.
 
     ``width = int(planes * base_width / 64) * cardinality`` channels go through the grouped 3x3
-    convolution of a block (torchvision's formula), ``planes`` being 64, 128, 256, 512 per stage.
+    convolution of a block (torchvision's formula), ``planes`` being ``base_planes`` (64, the stem
+    width) doubled at every stage: 64, 128, 256, 512. Smaller ``base_planes`` make slim models.
     """
 
     layers: tuple[int, ...]
@@ -33,6 +34,7 @@ class ArchConfig:
     stride_in_1x1: bool = False
     bn_eps: float = 1e-5
     conv_bias: bool = False
+    base_planes: int = 64
     input_size: int = 224
     description: str = ""
 
@@ -44,8 +46,10 @@ class ArchConfig:
             raise ConfigError(
                 f"a {self.stem} ResNeXt needs {expected} stages of >= 1 block, got {self.layers}"
             )
-        if self.cardinality < 1 or self.base_width < 1:
-            raise ConfigError("cardinality and base_width must be positive")
+        if self.cardinality < 1 or self.base_width < 1 or self.base_planes < 1:
+            raise ConfigError("cardinality, base_width and base_planes must be positive")
+        if int(self.base_planes * self.base_width / 64) < 1:
+            raise ConfigError("base_planes * base_width / 64 must be >= 1 channel per group")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ArchConfig:

@@ -28,9 +28,14 @@ from resnext_deploy.spec import ModelSpec
 from resnext_deploy.verify import VerifyConfig, compare_model_with_files
 
 
+DEFAULT_ROOT = Path("exported")
+
+
 @dataclass(frozen=True)
 class ExportConfig:
-    out_dir: Path
+    """``out_dir`` defaults to ``exported/<arch>``."""
+
+    out_dir: Path | None = None
     opset: int = DEFAULT_OPSET
     overwrite: bool = False
     verify: VerifyConfig = field(default_factory=VerifyConfig)
@@ -66,7 +71,8 @@ def export_model(model: nn.Module, spec: ModelSpec, config: ExportConfig) -> Exp
     with torch.inference_mode():
         model(example)  # one eager pass in eval mode before tracing catches shape errors early
     versions = package_versions()
-    with atomic_directory(config.out_dir, overwrite=config.overwrite) as stage:
+    out_dir = config.out_dir or DEFAULT_ROOT / spec.arch
+    with atomic_directory(out_dir, overwrite=config.overwrite) as stage:
         torch.save({"state_dict": model.state_dict(), "spec": spec.to_dict()}, stage / WEIGHTS_FILE)
         export_torchscript(model, example, stage / TORCHSCRIPT_FILE, spec, versions)
         export_onnx(model, example, stage / ONNX_FILE, spec, versions, config.opset)
@@ -82,7 +88,7 @@ def export_model(model: nn.Module, spec: ModelSpec, config: ExportConfig) -> Exp
         manifest = build_manifest(stage, spec, versions, files)
         (stage / MANIFEST).write_text(json.dumps(manifest, indent=2))
         sizes = {name: (stage / name).stat().st_size for name in files}
-    return ExportResult(config.out_dir, spec, sizes, convs, report)
+    return ExportResult(out_dir, spec, sizes, convs, report)
 
 
 def check_exportable(model: nn.Module) -> None:

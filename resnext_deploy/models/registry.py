@@ -75,6 +75,18 @@ ARCHS.register(
     ArchConfig((1, 1, 1), 8, 4, stem="cifar", input_size=32, description="tiny CIFAR-style"),
 )
 ARCHS.register(
+    "resnext11_mini",
+    ArchConfig(
+        (1, 1, 1),
+        8,
+        16,
+        stem="cifar",
+        base_planes=16,
+        input_size=32,
+        description="slim CIFAR-style: 16-channel stem, the demo's default",
+    ),
+)
+ARCHS.register(
     "resnext14_8x4d",
     ArchConfig((1, 1, 1, 1), 8, 4, input_size=64, description="tiny ImageNet-style"),
 )

@@ -12,7 +12,6 @@ from torch import nn
 from resnext_deploy.spec import ArchConfig
 
 EXPANSION = 4
-STAGE_PLANES = (64, 128, 256, 512)
 
 
 class Bottleneck(nn.Module):
@@ -57,19 +56,19 @@ class ResNeXt(nn.Module):
     def __init__(self, cfg: ArchConfig, num_classes: int = 1000) -> None:
         super().__init__()
         self.cfg = cfg
-        bias = cfg.conv_bias
+        bias, stem = cfg.conv_bias, cfg.base_planes
         if cfg.stem == "imagenet":
-            self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=bias)
+            self.conv1 = nn.Conv2d(3, stem, 7, stride=2, padding=3, bias=bias)
             self.maxpool: nn.Module = nn.MaxPool2d(3, stride=2, padding=1)
         else:
-            self.conv1 = nn.Conv2d(3, 64, 3, stride=1, padding=1, bias=bias)
+            self.conv1 = nn.Conv2d(3, stem, 3, stride=1, padding=1, bias=bias)
             self.maxpool = nn.Identity()
-        self.bn1 = nn.BatchNorm2d(64, eps=cfg.bn_eps)
+        self.bn1 = nn.BatchNorm2d(stem, eps=cfg.bn_eps)
         self.relu = nn.ReLU(inplace=True)
 
-        inplanes = 64
+        inplanes = stem
         for i, blocks in enumerate(cfg.layers):
-            planes = STAGE_PLANES[i]
+            planes = stem * 2**i
             stride = 1 if i == 0 else 2
             layer, inplanes = _make_stage(cfg, inplanes, planes, blocks, stride)
             self.add_module(f"layer{i + 1}", layer)

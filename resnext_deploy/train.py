@@ -1,0 +1,264 @@
+"""Train a registered architecture on an ImageFolder or the built-in digits, keep the best epoch.
+
+The saved checkpoint holds the state dict and the full :class:`ModelSpec` (architecture, class
+names, input size, normalisation), so ``export`` needs no other flags.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from resnext_deploy.data import DIGITS, DIGITS_MEAN, DIGITS_STD, Dataset, Split, load_dataset
+from resnext_deploy.errors import ConfigError
+from resnext_deploy.export.atomic import atomic_write_bytes
+from resnext_deploy.models.registry import ARCHS, build_model
+from resnext_deploy.preprocess import normalize
+from resnext_deploy.spec import IMAGENET_MEAN, IMAGENET_STD, ModelSpec
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+CHECKPOINT_FILE = "best.pth"
+CURVES_FILE = "curves.png"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    data: str = DIGITS
+    arch: str = "resnext11_mini"
+    out_dir: Path = Path("runs/train")
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    seed: int = 0
+    val_fraction: float = 0.2
+    input_size: int | None = None
+    augment: bool = False
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"optimizer must be one of {', '.join(OPTIMIZERS)}")
+        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
+            raise ConfigError("epochs, batch size and learning rate must be positive")
+        if not 0 < self.val_fraction < 1:
+            raise ConfigError("val_fraction must be between 0 and 1")
+
+
+@dataclass
+class EpochStats:
+    epoch: int
+    train_loss: float
+    train_acc: float
+    val_loss: float
+    val_acc: float
+    seconds: float
+
+
+@dataclass
+class TrainResult:
+    checkpoint: Path
+    spec: ModelSpec
+    best_epoch: int
+    best_val_acc: float
+    history: list[EpochStats]
+    confusion: np.ndarray
+    curves: Path | None
+    skipped: list[str] = field(default_factory=list)
+    val_images: Split | None = None
+
+
+class TrainObserver(Protocol):
+    def start_epoch(self, epoch: int, batches: int) -> None: ...
+    def advance(self) -> None: ...
+    def end_epoch(self, stats: EpochStats) -> None: ...
+
+
+class SilentObserver:
+    def start_epoch(self, epoch: int, batches: int) -> None:
+        return None
+
+    def advance(self) -> None:
+        return None
+
+    def end_epoch(self, stats: EpochStats) -> None:
+        return None
+
+
+def train(config: TrainConfig, observer: TrainObserver | None = None) -> TrainResult:
+    """Train, validate every epoch, save the best epoch's checkpoint and the curves."""
+    observer = observer or SilentObserver()
+    cfg = ARCHS.get(config.arch)
+    input_size = config.input_size or cfg.input_size
+    data = load_dataset(config.data, input_size, config.val_fraction, config.seed)
+    mean, std = (
+        (DIGITS_MEAN, DIGITS_STD) if config.data == DIGITS else (IMAGENET_MEAN, IMAGENET_STD)
+    )
+    spec = ModelSpec(
+        arch=config.arch,
+        num_classes=len(data.class_names),
+        input_size=input_size,
+        resize=input_size,
+        mean=mean,
+        std=std,
+        class_names=data.class_names,
+        arch_config=cfg.to_dict(),
+    )
+
+    torch.manual_seed(config.seed)
+    model = build_model(cfg, spec.num_classes)
+    optimizer = _optimizer(config, model)
+    loss_fn = nn.CrossEntropyLoss()
+    rng = np.random.default_rng(config.seed)
+    history: list[EpochStats] = []
+    best_acc, best_epoch, best_state = -1.0, 0, None
+
+    for epoch in range(1, config.epochs + 1):
+        start = time.perf_counter()
+        order = rng.permutation(len(data.train))
+        batches = [
+            order[i : i + config.batch_size] for i in range(0, len(order), config.batch_size)
+        ]
+        observer.start_epoch(epoch, len(batches))
+        model.train()
+        total_loss, correct = 0.0, 0
+        for idx in batches:
+            images = data.train.images[idx]
+            if config.augment:
+                images = _augment(images, rng)
+            x = torch.from_numpy(normalize(images, spec))
+            y = torch.from_numpy(data.train.labels[idx])
+            optimizer.zero_grad(set_to_none=True)
+            logits = model(x)
+            loss = loss_fn(logits, y)
+            loss.backward()
+            optimizer.step()
+            total_loss += loss.item() * len(idx)
+            correct += int((logits.argmax(1) == y).sum())
+            observer.advance()
+        val_loss, val_acc, _ = evaluate(model, data.val, spec, config.batch_size)
+        stats = EpochStats(
+            epoch,
+            total_loss / len(order),
+            correct / len(order),
+            val_loss,
+            val_acc,
+            time.perf_counter() - start,
+        )
+        history.append(stats)
+        observer.end_epoch(stats)
+        if val_acc > best_acc:
+            best_acc, best_epoch = val_acc, epoch
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    assert best_state is not None  # epochs >= 1 is validated by TrainConfig
+    model.load_state_dict(best_state)
+    _, _, predictions = evaluate(model, data.val, spec, config.batch_size)
+    confusion = confusion_matrix(data.val.labels, predictions, spec.num_classes)
+    config.out_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint = config.out_dir / CHECKPOINT_FILE
+    payload = {
+        "state_dict": best_state,
+        "spec": spec.to_dict(),
+        "best_epoch": best_epoch,
+        "best_val_acc": best_acc,
+        "history": [s.__dict__ for s in history],
+    }
+    _save_atomically(payload, checkpoint)
+    curves = plot_curves(history, config.out_dir / CURVES_FILE)
+    return TrainResult(
+        checkpoint, spec, best_epoch, best_acc, history, confusion, curves, data.skipped, data.val
+    )
+
+
+def evaluate(
+    model: nn.Module, split: Split, spec: ModelSpec, batch_size: int = 128
+) -> tuple[float, float, np.ndarray]:
+    """Mean loss, accuracy and predicted labels of ``model`` (eval mode) on ``split``."""
+    model.eval()
+    loss_fn = nn.CrossEntropyLoss(reduction="sum")
+    total, predictions = 0.0, []
+    with torch.inference_mode():
+        for i in range(0, len(split), batch_size):
+            x = torch.from_numpy(normalize(split.images[i : i + batch_size], spec))
+            y = torch.from_numpy(split.labels[i : i + batch_size])
+            logits = model(x)
+            total += float(loss_fn(logits, y))
+            predictions.append(logits.argmax(1).numpy())
+    pred = np.concatenate(predictions)
+    return total / len(split), float((pred == split.labels).mean()), pred
+
+
+def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, classes: int) -> np.ndarray:
+    """``m[i, j]`` = items of true class ``i`` predicted as ``j``."""
+    m = np.zeros((classes, classes), dtype=np.int64)
+    np.add.at(m, (labels, predictions), 1)
+    return m
+
+
+def plot_curves(history: list[EpochStats], path: Path) -> Path:
+    """Training/validation accuracy and loss per epoch, side by side, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [s.epoch for s in history]
+    fig, (acc, loss) = plt.subplots(1, 2, figsize=(10, 3.6))
+    acc.plot(epochs, [s.train_acc for s in history], "o-", label="train")
+    acc.plot(epochs, [s.val_acc for s in history], "o-", label="validation")
+    acc.set(title="Accuracy", xlabel="epoch", ylim=(0, 1.02))
+    loss.plot(epochs, [s.train_loss for s in history], "o-", label="train")
+    loss.plot(epochs, [s.val_loss for s in history], "o-", label="validation")
+    loss.set(title="Loss (cross-entropy)", xlabel="epoch")
+    for ax in (acc, loss):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def _optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    params = model.parameters()
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay)
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def _augment(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Random horizontal flip and a shift of up to 1/8 of the side (zero padded)."""
+    out = images.copy()
+    flip = rng.random(len(out)) < 0.5
+    out[flip] = out[flip, :, ::-1]
+    side = out.shape[1]
+    pad = max(1, side // 8)
+    padded = np.pad(out, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    dy, dx = rng.integers(0, 2 * pad + 1, size=2)
+    return np.ascontiguousarray(padded[:, dy : dy + side, dx : dx + side])
+
+
+def _save_atomically(payload: dict, path: Path) -> None:
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def summarize(dataset: Dataset) -> str:
+    return (
+        f"{dataset.source}: {len(dataset.train)} training / {len(dataset.val)} validation "
+        f"images, {len(dataset.class_names)} classes"
+    )
