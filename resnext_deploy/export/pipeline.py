@@ -27,7 +27,6 @@ from resnext_deploy.parity import ParityReport
 from resnext_deploy.spec import ModelSpec
 from resnext_deploy.verify import VerifyConfig, compare_model_with_files
 
-
 DEFAULT_ROOT = Path("exported")
 
 
