@@ -374,6 +374,148 @@ def predict(
         raise typer.Exit(1)
 
 
+@app.command()
+@handles_errors
+def bench(
+    model: Annotated[
+        str,
+        typer.Argument(
+            help="Export directory, or a registered architecture "
+            "(random weights unless --checkpoint)."
+        ),
+    ],
+    provider: Annotated[
+        Provider,
+        typer.Option(help="onnxruntime provider; torch backends run on the matching device."),
+    ] = Provider.CPU,
+    backend: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="eager, torchscript, torchscript-opt, onnxruntime, compile, openvino-f32, "
+            "openvino-default (repeatable) [default: the first four]."
+        ),
+    ] = None,
+    peers: Annotated[
+        bool,
+        typer.Option(
+            help="Add torch.compile and OpenVINO (f32 and default) to the default backends."
+        ),
+    ] = False,
+    batch_sizes: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated [default: 1,2,4,8,16 on CPU; 1..256 on GPU]."),
+    ] = None,
+    checkpoint: Annotated[
+        Path | None, typer.Option(help="Weights for an architecture name.")
+    ] = None,
+    threads: Annotated[int | None, typer.Option(help="CPU threads [default: all cores].")] = None,
+    warmup: Annotated[int, typer.Option(help="Warm-up calls per batch size.")] = 3,
+    min_iters: Annotated[int, typer.Option(help="Minimum timed calls.")] = 10,
+    min_time: Annotated[float, typer.Option(help="Minimum seconds of timed calls.")] = 1.0,
+    max_time: Annotated[float, typer.Option(help="Maximum seconds per batch size.")] = 20.0,
+    tune: Annotated[
+        bool,
+        typer.Option(
+            help="Sweep CUDA provider options (one change at a time) "
+            "and name the best per batch size."
+        ),
+    ] = False,
+    algo_search: Annotated[
+        str, typer.Option(help="cuDNN conv algo search: EXHAUSTIVE, HEURISTIC, DEFAULT.")
+    ] = "EXHAUSTIVE",
+    max_workspace: Annotated[bool, typer.Option(help="cudnn_conv_use_max_workspace.")] = True,
+    prefer_nhwc: Annotated[bool, typer.Option(help="prefer_nhwc (CUDA).")] = False,
+    tf32: Annotated[bool, typer.Option(help="use_tf32 (CUDA).")] = True,
+    cuda_graph: Annotated[bool, typer.Option(help="enable_cuda_graph (CUDA).")] = False,
+    out_dir: Annotated[Path, typer.Option("--out", help="Where result files go.")] = Path(
+        "benchmarks/results"
+    ),
+    name: Annotated[
+        str | None, typer.Option(help="Result file stem [default: <model>-<provider>-<time>].")
+    ] = None,
+    overhead: Annotated[bool, typer.Option(help="Measure harness overhead vs a bare loop.")] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Latency and throughput across batch sizes, every backend side by side."""
+    from datetime import datetime
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    from resnext_deploy.bench.harness import BenchConfig, Timing
+    from resnext_deploy.bench.report import write_reports
+    from resnext_deploy.bench.run import run_benchmark
+    from resnext_deploy.render import print_bench
+    from resnext_deploy.runtime.providers import CudaOptions
+
+    kinds = tuple(backend or ("eager", "torchscript", "torchscript-opt", "onnxruntime"))
+    if peers:
+        kinds += tuple(k for k in ("compile", "openvino-f32", "openvino-default") if k not in kinds)
+    config = BenchConfig(
+        backends=kinds,
+        batch_sizes=parse_ints(batch_sizes, "--batch-sizes") if batch_sizes else None,
+        provider=provider,
+        threads=threads,
+        timing=Timing(warmup, min_iters, min_time, max_time_s=max_time),
+        cuda=CudaOptions(
+            cudnn_conv_algo_search=algo_search,
+            cudnn_conv_use_max_workspace=max_workspace,
+            prefer_nhwc=prefer_nhwc,
+            use_tf32=tf32,
+            enable_cuda_graph=cuda_graph,
+        ),
+        tune=tune,
+        measure_overhead=overhead,
+    )
+    steps = len(config.resolved_batch_sizes()) * (len(kinds) + (5 if tune else 0))
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+    ) as bar:
+        task = bar.add_task("preparing", total=steps)
+
+        def progress(step: str) -> None:
+            measuring = "batch=" in step
+            bar.update(task, description=step, advance=1 if measuring else 0)
+
+        report = run_benchmark(model, config, checkpoint, progress)
+    data = report.to_dict()
+    data["config"]["command"] = "resnext-deploy " + " ".join(sys.argv[1:])
+    stem = name or f"{Path(model).name}-{provider.value}-{datetime.now():%Y%m%d-%H%M%S}"
+    paths = write_reports(data, out_dir, stem)
+    if as_json:
+        emit_json(data)
+    else:
+        print_bench(out, data)
+        out.print("written: " + ", ".join(str(p) for p in paths.values()))
+
+
+@app.command()
+@handles_errors
+def compare(
+    old: Annotated[Path, typer.Argument(help="Baseline JSON report.")],
+    new: Annotated[Path, typer.Argument(help="New JSON report.")],
+    threshold: Annotated[
+        float, typer.Option(help="Slowdown in percent that counts as a regression.")
+    ] = 10.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Median latency change per backend and batch size; exit 1 if anything regressed."""
+    from resnext_deploy.bench.report import compare_reports, load_report
+    from resnext_deploy.render import print_comparison
+
+    changes = compare_reports(load_report(old), load_report(new), threshold)
+    if as_json:
+        emit_json([c.__dict__ for c in changes])
+    else:
+        print_comparison(out, changes, threshold)
+    if any(c.regression for c in changes):
+        raise typer.Exit(1)
+
+
 def main() -> None:
     app()
 

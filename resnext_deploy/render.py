@@ -149,6 +149,80 @@ def print_training(console: Console, result: Any) -> None:
         console.print(f"curves: {result.curves}")
 
 
+def print_bench(console: Console, report: dict[str, Any]) -> None:
+    table = Table(
+        title=f"{report['arch']} {report['input_size']}px on {report['provider']}, "
+        f"{report['threads']} threads (latency per call, ms)"
+    )
+    for col in ("backend", "batch", "p50", "p90", "p99", "img/s", "x eager", "first", "status"):
+        table.add_column(
+            col,
+            justify="left" if col in ("backend", "status") else "right",
+            no_wrap=col == "backend",
+        )
+    for r in report["results"]:  # batch-major, backends in the order they ran
+        s = r.get("stats")
+        if not s:
+            table.add_row(
+                r["backend"],
+                str(r["batch_size"]),
+                "",
+                "",
+                "",
+                "",
+                "",
+                "",
+                f"[red]{r['status']}[/] {r.get('error', '')[:60]}",
+            )
+            continue
+        speed = f"{r['speedup_vs_eager']:.2f}" if r.get("speedup_vs_eager") else ""
+        table.add_row(
+            r["backend"],
+            str(r["batch_size"]),
+            f"{s['p50_ms']:.2f}",
+            f"{s['p90_ms']:.2f}",
+            f"{s['p99_ms']:.2f}",
+            f"{s['images_per_s']:.1f}",
+            speed,
+            f"{r['first_call_ms']:.0f}",
+            "ok",
+        )
+    console.print(table)
+    if report.get("overhead"):
+        o = report["overhead"]
+        console.print(f"harness overhead vs a bare loop: {o['overhead_pct']:+.2f}%")
+    if report.get("compute_floor"):
+        f = report["compute_floor"]
+        console.print(
+            f"compute floor {f['floor_ms_per_image']:.1f} ms/image "
+            f"({f['gflop_per_image']:.2f} GFLOP at {f['peak_gflops_matmul']:.0f} GFLOP/s"
+            f" matmul peak); best batch-1 path reaches {f['efficiency_batch1']:.0%} of it"
+        )
+    if report.get("tuning"):
+        for b, name in report["tuning"].items():
+            console.print(f"best CUDA configuration at batch {b}: {name}")
+
+
+def print_comparison(console: Console, changes: list[Any], threshold: float) -> None:
+    table = Table(title=f"Median latency change (regression: slower by > {threshold:g}%)")
+    for col in ("backend", "batch", "old p50 ms", "new p50 ms", "change", ""):
+        table.add_column(col, justify="left" if col in ("backend", "") else "right")
+    for c in changes:
+        fmt = lambda v: f"{v:.2f}" if v is not None else "-"  # noqa: E731
+        pct = f"{c.change_pct:+.1f}%" if c.change_pct is not None else "-"
+        table.add_row(
+            c.backend,
+            str(c.batch_size),
+            fmt(c.old_p50_ms),
+            fmt(c.new_p50_ms),
+            pct,
+            "[red]REGRESSION[/]" if c.regression else "",
+        )
+    console.print(table)
+    n = sum(c.regression for c in changes)
+    console.print(f"[red]{n} regression(s)[/]" if n else "[green]no regressions[/]")
+
+
 def _short(value: Any, limit: int = 200) -> str:
     text = str(value)
     return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -176,6 +176,27 @@ def create_session(model: str | Path | bytes, config: SessionConfig = SessionCon
     return session
 
 
+def check_provider(provider: Provider, config: SessionConfig | None = None) -> None:
+    """Raise :class:`ProviderUnavailableError` unless ``provider`` really starts here, using a
+    one-node model (cheap: run it before any expensive work)."""
+    if provider is Provider.CPU:
+        return
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "probe",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+    )
+    probe = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
+    base = config or SessionConfig()
+    create_session(
+        probe.SerializeToString(),
+        SessionConfig(provider=provider, cuda=base.cuda, tensorrt=base.tensorrt),
+    )
+
+
 def _preload_cuda_libraries(ort: Any) -> None:
     """Make CUDA/cuDNN from the nvidia-* wheels (or torch's bundle) visible to onnxruntime."""
     preload = getattr(ort, "preload_dlls", None)

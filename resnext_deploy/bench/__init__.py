@@ -1,0 +1,1 @@
+"""Latency and throughput across batch sizes, every backend side by side."""

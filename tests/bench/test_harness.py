@@ -1,0 +1,292 @@
+"""Sweep logic, OOM stop, report writers and comparison, with fake backends and tiny models."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from resnext_deploy.bench.backends import Backend
+from resnext_deploy.bench.harness import (
+    BenchConfig,
+    Timing,
+    harness_overhead,
+    is_oom,
+    measure,
+    sweep,
+    tuning_variants,
+)
+from resnext_deploy.bench.report import compare_reports, load_report, to_csv, write_reports
+from resnext_deploy.cli import app
+from resnext_deploy.errors import BenchmarkError, ConfigError
+from resnext_deploy.runtime.providers import CudaOptions, Provider
+
+FAST = Timing(warmup=1, min_iters=3, min_time_s=0.0, max_iters=5)
+
+
+class SleepBackend(Backend):
+    """Sleeps ``per_image`` seconds per image; raises MemoryError above ``max_batch``."""
+
+    def __init__(
+        self, name: str, per_image: float, max_batch: int = 10**9, fail_at: int | None = None
+    ) -> None:
+        self.name, self.per_image, self.max_batch, self.fail_at = (
+            name,
+            per_image,
+            max_batch,
+            fail_at,
+        )
+        self.bound: list[int] = []
+
+    def bind(self, batch: np.ndarray) -> Any:
+        b = batch.shape[0]
+        self.bound.append(b)
+        if b > self.max_batch:
+            raise MemoryError(f"cannot allocate {b} images")
+        if b == self.fail_at:
+            raise RuntimeError("kernel exploded")
+        return lambda: time.sleep(self.per_image * b)
+
+
+def test_measure_reports_first_call_separately() -> None:
+    calls = []
+
+    def call() -> None:
+        time.sleep(0.05 if not calls else 0.002)
+        calls.append(1)
+
+    first, stats = measure(call, lambda: None, FAST, batch_size=1)
+    assert first >= 45 and stats.p50_ms < 20
+    assert len(calls) == 1 + FAST.warmup + stats.n and stats.n >= FAST.min_iters
+
+
+def test_measure_honours_the_time_budget() -> None:
+    timing = Timing(warmup=0, min_iters=2, min_time_s=0.05, max_iters=1000, max_time_s=1.0)
+    _, stats = measure(lambda: time.sleep(0.01), lambda: None, timing, 1)
+    assert 3 <= stats.n <= 8
+
+
+def test_sweep_stops_one_backend_at_oom_and_keeps_the_others() -> None:
+    eager = SleepBackend("torch-eager", 0.002)
+    small = SleepBackend("onnxruntime-cpu", 0.001, max_batch=2)
+    result = sweep([eager, small], (1, 2, 4, 8), input_size=4, timing=FAST)
+    by = {(m.backend, m.batch_size): m for m in result.results}
+    assert [by["onnxruntime-cpu", b].status for b in (1, 2, 4, 8)] == ["ok", "ok", "oom", "skipped"]
+    assert "out-of-memory at batch 4" in by["onnxruntime-cpu", 8].error
+    assert small.bound == [1, 2, 4]  # nothing bound after the OOM
+    assert all(by["torch-eager", b].status == "ok" for b in (1, 2, 4, 8))
+    ratio = by["onnxruntime-cpu", 2].speedup_vs_eager
+    assert ratio is not None and 1.3 < ratio < 2.7  # sleeps of 2 ms vs 4 ms per call
+
+
+def test_other_errors_are_recorded_not_fatal() -> None:
+    broken = SleepBackend("onnxruntime-cpu", 0.001, fail_at=2)
+    result = sweep([broken], (1, 2, 4), input_size=4, timing=FAST)
+    assert [m.status for m in result.results] == ["ok", "error", "skipped"]
+    assert result.results[1].error == "kernel exploded"
+
+
+@pytest.mark.parametrize(
+    ("exc", "expected"),
+    [
+        (MemoryError(), True),
+        (RuntimeError("CUDA out of memory. Tried to allocate 2 GiB"), True),
+        (
+            RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Failed to allocate memory"),
+            True,
+        ),
+        (RuntimeError("shape mismatch"), False),
+    ],
+)
+def test_oom_detection(exc: BaseException, expected: bool) -> None:
+    assert is_oom(exc) is expected
+
+
+def test_harness_overhead_is_small_for_a_steady_call() -> None:
+    result = harness_overhead(lambda: time.sleep(0.003), lambda: None, iters=10, rounds=2)
+    assert result["bare_ms"] == pytest.approx(result["harness_ms"], rel=0.5)
+    assert abs(result["overhead_pct"]) < 50
+
+
+def test_default_batch_sizes_depend_on_the_provider() -> None:
+    assert BenchConfig().resolved_batch_sizes() == (1, 2, 4, 8, 16)
+    assert BenchConfig(provider=Provider.CUDA).resolved_batch_sizes()[-1] == 256
+    assert BenchConfig(batch_sizes=(8, 1, 8)).resolved_batch_sizes() == (1, 8)
+
+
+def test_tune_needs_a_gpu_provider() -> None:
+    with pytest.raises(ConfigError, match="--provider cuda"):
+        BenchConfig(tune=True)
+
+
+def test_tuning_variants_change_one_option_each() -> None:
+    base = CudaOptions()
+    variants = tuning_variants(base)
+    assert variants["baseline"] == base
+    for label, opts in variants.items():
+        differing = [k for k, v in opts.to_ort().items() if base.to_ort()[k] != v]
+        assert len(differing) == (0 if label == "baseline" else 1), label
+
+
+def _report(p50: dict[tuple[str, int], float | None]) -> dict[str, Any]:
+    results = []
+    for (backend, b), v in p50.items():
+        stats = (
+            None
+            if v is None
+            else {
+                "p50_ms": v,
+                "p90_ms": v,
+                "p95_ms": v,
+                "p99_ms": v,
+                "mean_ms": v,
+                "std_ms": 0.0,
+                "min_ms": v,
+                "max_ms": v,
+                "iqr_ms": 0.0,
+                "cv": 0.0,
+                "n": 10,
+                "images_per_s": b / v * 1e3,
+                "ms_per_image": v / b,
+                "batch_size": b,
+            }
+        )
+        results.append(
+            {
+                "backend": backend,
+                "batch_size": b,
+                "status": "ok" if v else "oom",
+                "first_call_ms": 1.0,
+                "stats": stats,
+                "end_to_end": None,
+                "speedup_vs_eager": None,
+                "rss_mb": 100.0,
+                "error": "",
+            }
+        )
+    return {
+        "model": "m",
+        "arch": "m",
+        "input_size": 8,
+        "provider": "cpu",
+        "threads": 2,
+        "gmacs_per_image": 0.1,
+        "batch_sizes": sorted({b for _, b in p50}),
+        "results": results,
+        "config": {"command": "resnext-deploy bench m"},
+        "environment": {"cpu": "test cpu", "cpu_count": 2, "versions": {"torch": "x"}},
+        "best": {},
+        "overhead": None,
+        "compute_floor": None,
+    }
+
+
+def test_compare_flags_slowdowns_beyond_the_threshold_and_lost_results() -> None:
+    old = _report({("ort", 1): 10.0, ("ort", 8): 50.0, ("eager", 1): 20.0})
+    new = _report({("ort", 1): 10.5, ("ort", 8): 60.0, ("eager", 1): None})
+    changes = {(c.backend, c.batch_size): c for c in compare_reports(old, new, threshold_pct=10)}
+    assert changes["ort", 1].change_pct == pytest.approx(5.0) and not changes["ort", 1].regression
+    assert changes["ort", 8].change_pct == pytest.approx(20.0) and changes["ort", 8].regression
+    assert changes["eager", 1].regression  # measured before, missing now
+
+
+def test_writers_produce_every_format(tmp_path: Path) -> None:
+    report = _report(
+        {("torch-eager", 1): 10.0, ("onnxruntime-cpu", 1): 5.0, ("onnxruntime-cpu", 2): None}
+    )
+    paths = write_reports(report, tmp_path, "r")
+    assert load_report(paths["json"])["results"][0]["stats"]["p50_ms"] == 10.0
+    rows = list(csv.DictReader(io.StringIO(paths["csv"].read_text())))
+    assert [r["status"] for r in rows] == ["ok", "ok", "oom"]
+    assert float(rows[1]["p50_ms"]) == 5.0 and rows[2]["p50_ms"] == ""
+    md = paths["md"].read_text()
+    assert "| onnxruntime-cpu | 1 | 5.00 |" in md and "resnext-deploy bench m" in md
+    assert "oom" in md and "test cpu" in md
+    assert paths["png"].read_bytes()[:4] == b"\x89PNG"
+    assert to_csv(report).count("\n") == 4
+
+
+def test_load_report_rejects_other_files(tmp_path: Path) -> None:
+    (tmp_path / "x.json").write_text(json.dumps({"hello": 1}))
+    with pytest.raises(BenchmarkError, match="not a resnext-deploy benchmark"):
+        load_report(tmp_path / "x.json")
+    with pytest.raises(BenchmarkError, match="not found"):
+        load_report(tmp_path / "missing.json")
+
+
+def test_compare_command_exits_1_on_regression(tmp_path: Path) -> None:
+    (tmp_path / "a.json").write_text(json.dumps(_report({("ort", 1): 10.0})))
+    (tmp_path / "b.json").write_text(json.dumps(_report({("ort", 1): 13.0})))
+    runner = CliRunner()
+    res = runner.invoke(app, ["compare", str(tmp_path / "a.json"), str(tmp_path / "b.json")])
+    assert res.exit_code == 1 and "REGRESSION" in res.stdout
+    res = runner.invoke(
+        app, ["compare", str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--threshold", "50"]
+    )
+    assert res.exit_code == 0 and "no regressions" in res.stdout
+
+
+def test_bench_cli_end_to_end_on_a_tiny_model(tmp_path: Path) -> None:
+    runner = CliRunner()
+    res = runner.invoke(
+        app,
+        [
+            "bench",
+            "resnext11_mini",
+            "--batch-sizes",
+            "1,3",
+            "--min-iters",
+            "3",
+            "--min-time",
+            "0",
+            "--warmup",
+            "1",
+            "--out",
+            str(tmp_path),
+            "--name",
+            "tiny",
+            "--json",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)
+    assert {r["backend"] for r in data["results"]} == {
+        "torch-eager",
+        "torchscript",
+        "torchscript-optimized",
+        "onnxruntime-cpu",
+    }
+    assert all(r["status"] == "ok" for r in data["results"])
+    eager = [r for r in data["results"] if r["backend"] == "torch-eager"]
+    assert all(r["speedup_vs_eager"] == pytest.approx(1.0) for r in eager)
+    onnx_backend = next(b for b in data["backends"] if b["name"] == "onnxruntime-cpu")
+    assert onnx_backend["providers"] == ["CPUExecutionProvider"]
+    assert data["threads"] >= 1 and data["environment"]["versions"]["torch"].startswith("2.14")
+    assert data["compute_floor"]["floor_ms_per_image"] > 0 and data["overhead"] is not None
+    assert {p.suffix for p in tmp_path.iterdir()} == {".json", ".csv", ".md", ".png"}
+
+
+def test_bench_cuda_without_gpu_fails_before_any_work(tmp_path: Path) -> None:
+    from tests.conftest import has_cuda
+
+    if has_cuda():
+        pytest.skip("this machine has a usable GPU")
+    res = CliRunner().invoke(
+        app, ["bench", "resnext11_mini", "--provider", "cuda", "--out", str(tmp_path)]
+    )
+    assert res.exit_code == 1 and "CUDAExecutionProvider was requested" in res.stderr
+    assert "Traceback" not in res.output and list(tmp_path.iterdir()) == []
+
+
+def test_bench_unknown_backend(tmp_path: Path) -> None:
+    res = CliRunner().invoke(
+        app, ["bench", "resnext11_mini", "--backend", "tvm", "--out", str(tmp_path)]
+    )
+    assert res.exit_code == 1 and "unknown backend 'tvm'" in res.stderr
