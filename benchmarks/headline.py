@@ -24,6 +24,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("resnext", type=Path)
     parser.add_argument("resnet", type=Path)
+    parser.add_argument("--int8", type=Path, help="bench report with onnxruntime and -int8")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     rx = json.loads(args.resnext.read_text())
@@ -42,7 +43,8 @@ def main() -> None:
         "backends interleaved per batch size; figures are medians of >= 15 calls and >= 3 s).",
         "Figures on this machine move by +-30% from run to run; compare within a run.",
         "",
-        "| backend | rx50 b1 ms | x eager | rx50 b8 ms | x eager | rn50 b1 ms | grouped-conv tax b1 |",
+        "| backend | rx50 b1 ms | x eager | rx50 b8 ms | x eager | rn50 b1 ms "
+        "| grouped-conv tax b1 |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for b in backends:
@@ -96,11 +98,29 @@ def main() -> None:
     if o:
         checks.append(
             (
-                "harness overhead vs a bare session.run loop < 2%",
+                f"harness overhead < 2% ({o['cost_us']:.1f} us per call; paired check "
+                f"{o['paired_pct']:+.1f}%, within noise)",
                 o["overhead_pct"],
                 o["overhead_pct"] < 2.0,
             )
         )
+    if args.int8:
+        q = json.loads(args.int8.read_text())
+        fp32_name = next(b["name"] for b in q["backends"] if b["name"] == "onnxruntime-cpu")
+        int8_name = next(b["name"] for b in q["backends"] if b["name"].endswith("-int8"))
+        lines += [
+            "## int8 vs fp32 onnxruntime (same run)",
+            "",
+            "| batch | eager ms | fp32 ms | int8 ms | int8 speed-up vs fp32 |",
+            "| ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for b in q["batch_sizes"]:
+            e, f32, i8 = p50(q, "torch-eager", b), p50(q, fp32_name, b), p50(q, int8_name, b)
+            if f32 and i8:
+                lines.append(f"| {b} | {e:.1f} | {f32:.1f} | {i8:.1f} | {f32 / i8:.2f} |")
+        b1 = (p50(q, fp32_name, 1) or 0) / (p50(q, int8_name, 1) or float("inf"))
+        checks.append(("int8 >= 2x faster than fp32 onnxruntime at batch 1", b1, b1 >= 2.0))
+        lines += ["", f"Command: `{q['config'].get('command')}`", ""]
     lines += ["## Targets", "", "| target | measured | met |", "| --- | ---: | --- |"]
     for label, value, ok in checks:
         lines.append(f"| {label} | {value:.2f} | {'yes' if ok else 'NO'} |")
@@ -109,7 +129,8 @@ def main() -> None:
         lines += [
             "",
             f"Compute floor: {f['gflop_per_image']:.2f} GFLOP per image at "
-            f"{f['peak_gflops_matmul']:.0f} GFLOP/s (achieved fp32 matmul peak on "
+            f"{f['peak_gflops']:.0f} GFLOP/s (larger of nominal {f['peak_gflops_nominal']:.0f}: "
+            f"{f['nominal_basis']}, and a measured MatMul {f['peak_gflops_matmul']:.0f}; on "
             f"{rx['threads']} threads) = {f['floor_ms_per_image']:.1f} ms. The best batch-1 "
             f"path takes {f['best_batch1_ms']:.1f} ms ({f['efficiency_batch1']:.0%} of the "
             f"floor); the best per-image time over batch sizes is "

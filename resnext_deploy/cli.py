@@ -171,11 +171,36 @@ def export(
         list[Path] | None, typer.Option(help="Image or folder for the parity gate (repeatable).")
     ] = None,
     batch_sizes: Annotated[str, typer.Option(help="Parity batch sizes.")] = "1,2,3,8",
+    precision: Annotated[
+        str,
+        typer.Option(
+            help="fp32 and any of fp16, int8, comma-separated "
+            "(fp32 is always written: the others derive from it)."
+        ),
+    ] = "fp32",
+    calibration: Annotated[
+        str | None,
+        typer.Option(
+            help="int8 calibration images: a folder, or 'digits' for a digits-trained model."
+        ),
+    ] = None,
+    int8_min_agreement: Annotated[
+        float,
+        typer.Option(help="Refuse int8 below this top-1 agreement with fp32 on held-out images."),
+    ] = 0.99,
+    embed_preprocess: Annotated[
+        bool,
+        typer.Option(
+            help="Also write a graph that takes uint8 NHWC images and returns probabilities."
+        ),
+    ] = False,
     force: Annotated[bool, typer.Option(help="Replace an existing output directory.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Export a checkpoint to TorchScript and ONNX, gated by a parity check."""
+    from resnext_deploy.export.calibration import CalibrationConfig
     from resnext_deploy.export.pipeline import ExportConfig, export_checkpoint
+    from resnext_deploy.export.variants import parse_precisions
     from resnext_deploy.models.checkpoint import LoadOptions
     from resnext_deploy.render import print_parity
     from resnext_deploy.verify import VerifyConfig
@@ -193,8 +218,17 @@ def export(
     verify = VerifyConfig(
         batch_sizes=parse_ints(batch_sizes, "--batch-sizes"), images=tuple(image or ())
     )
+    config = ExportConfig(
+        out_dir,
+        opset,
+        force,
+        verify,
+        parse_precisions(precision),
+        embed_preprocess,
+        CalibrationConfig(calibration, min_agreement=int8_min_agreement),
+    )
     with err.status(f"exporting {checkpoint} ..."):
-        result = export_checkpoint(checkpoint, load, ExportConfig(out_dir, opset, force, verify))
+        result = export_checkpoint(checkpoint, load, config)
     if as_json:
         emit_json(
             {
@@ -211,6 +245,14 @@ def export(
     out.print(f"ONNX convolutions: {result.convs.total} ({groups})")
     for name, size in result.files.items():
         out.print(f"  {result.out_dir / name}  {size / 1e6:.1f} MB")
+    if result.int8:
+        q = result.int8
+        out.print(
+            f"int8: {q.fp32_bytes / 1e6:.1f} MB -> {q.int8_bytes / 1e6:.1f} MB, batch-1 "
+            f"{q.fp32_ms:.1f} ms -> {q.int8_ms:.1f} ms ({q.speedup:.2f}x), top-1 agreement "
+            f"with fp32 {q.top1_agreement:.2%} on {q.held_out_images} held-out images "
+            f"(calibrated on {q.calibration_images})"
+        )
     out.print(
         f"[green]exported[/] {result.spec.arch} ({result.spec.num_classes} classes) "
         f"to {result.out_dir}"
@@ -514,6 +556,76 @@ def compare(
         print_comparison(out, changes, threshold)
     if any(c.regression for c in changes):
         raise typer.Exit(1)
+
+
+@app.command()
+@handles_errors
+def demo(
+    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 10,
+    run_dir: Annotated[Path, typer.Option("--out", help="Run directory.")] = Path("runs/demo"),
+    export_dir: Annotated[Path, typer.Option(help="Export directory (replaced).")] = Path(
+        "exported/demo-digits"
+    ),
+) -> None:
+    """Train on the bundled digits, export, verify, compare accuracy, benchmark and predict."""
+    from resnext_deploy.demo import DemoConfig, run_demo
+
+    run_demo(DemoConfig(run_dir=run_dir, export_dir=export_dir, epochs=epochs), out, err)
+
+
+@app.command()
+@handles_errors
+def triton(
+    export_dir: Annotated[Path, typer.Argument(help="An export directory.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Model repository to create.")] = Path(
+        "triton-models"
+    ),
+    name: Annotated[str | None, typer.Option(help="Model name [default: the arch].")] = None,
+    variant: Annotated[str, typer.Option(help="fp32, fp16, int8 or preprocess.")] = "fp32",
+    max_batch_size: Annotated[int, typer.Option(help="Triton max_batch_size.")] = 32,
+    preferred: Annotated[str | None, typer.Option(help="Preferred batch sizes, e.g. 8,16.")] = None,
+    bench_report: Annotated[
+        Path | None,
+        typer.Option(
+            help="Take preferred batch sizes from a `bench` JSON (highest onnxruntime throughput)."
+        ),
+    ] = None,
+    queue_delay_us: Annotated[int, typer.Option(help="max_queue_delay_microseconds.")] = 100,
+    gpu: Annotated[
+        bool, typer.Option(help="KIND_GPU instances with CUDA provider options.")
+    ] = False,
+    instances: Annotated[int, typer.Option(help="Instances per device.")] = 1,
+    algo_search: Annotated[
+        str, typer.Option(help="cuDNN conv algo search for GPU instances.")
+    ] = "EXHAUSTIVE",
+    force: Annotated[bool, typer.Option(help="Replace an existing repository.")] = False,
+) -> None:
+    """Write a Triton Inference Server model repository (onnxruntime backend) for an export."""
+    from resnext_deploy.export.triton import TritonConfig, preferred_from_bench, write_repository
+    from resnext_deploy.runtime.providers import CudaOptions
+
+    sizes: tuple[int, ...] = parse_ints(preferred, "--preferred") if preferred else ()
+    if bench_report is not None:
+        sizes = preferred_from_bench(bench_report, max_batch_size)
+    config = TritonConfig(
+        name,
+        variant,
+        max_batch_size,
+        sizes,
+        queue_delay_us,
+        gpu,
+        instances,
+        CudaOptions(cudnn_conv_algo_search=algo_search),
+    )
+    model_dir = write_repository(export_dir, out_dir, config, overwrite=force)
+    out.print((model_dir / "config.pbtxt").read_text(), highlight=False)
+    out.print(
+        f"[green]wrote[/] {model_dir} - serve it with:\n"
+        f"  docker run --rm {'--gpus all ' if gpu else ''}-p 8000:8000 -p 8001:8001 "
+        f"-v $PWD/{out_dir}:/models nvcr.io/nvidia/tritonserver:<yy.mm>-py3 "
+        "tritonserver --model-repository=/models",
+        highlight=False,
+    )
 
 
 def main() -> None:

@@ -5,12 +5,23 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from torch import nn
 
 from resnext_deploy.errors import DataError, ProviderUnavailableError
 from resnext_deploy.export.manifest import ONNX_FILE, TORCHSCRIPT_FILE, WEIGHTS_FILE, Artifact
-from resnext_deploy.parity import FP32, ParityInput, ParityReport, Tolerance, compare, random_inputs
-from resnext_deploy.preprocess import load_image, preprocess
+from resnext_deploy.export.variants import FP16_FILE, INT8_FILE, PREPROCESS_FILE
+from resnext_deploy.parity import (
+    FP16,
+    FP32,
+    INT8,
+    ParityInput,
+    ParityReport,
+    Tolerance,
+    compare,
+    random_inputs,
+)
+from resnext_deploy.preprocess import load_image, normalize, preprocess
 from resnext_deploy.runtime.base import Runner
 from resnext_deploy.runtime.providers import Provider, SessionConfig
 from resnext_deploy.spec import ModelSpec
@@ -75,11 +86,68 @@ def compare_model_with_files(
             skipped[f"onnxruntime-{provider.value}"] = str(exc)
             continue
         candidates.append((runner, config.tolerance))
-    report = compare(EagerRunner(model), candidates, parity_inputs(spec, config))
+    _add_variants(directory, candidates, skipped)
+    reference = EagerRunner(model)
+    inputs = parity_inputs(spec, config)
+    report = compare(reference, candidates, inputs)
+    if (directory / PREPROCESS_FILE).is_file():
+        embedded = OrtRunner(directory / PREPROCESS_FILE, name="onnxruntime-cpu-preproc")
+        uint8 = compare(
+            NormalizingRunner(reference, spec),
+            [(embedded, config.tolerance)],
+            uint8_inputs(spec, config),
+        )
+        report.backends += uint8.backends
+        report.inputs += [f"{name} (uint8 NHWC)" for name in uint8.inputs]
     report.skipped = skipped
     for runner, _ in candidates:
         runner.close()
     return report
+
+
+def _add_variants(
+    directory: Path, candidates: list[tuple[Runner, Tolerance]], skipped: dict[str, str]
+) -> None:
+    """fp16 and int8 files, each a backend of its own with the tolerance that fits it."""
+    from resnext_deploy.runtime.ort import OrtRunner
+
+    for filename, tolerance, label in ((FP16_FILE, FP16, "fp16"), (INT8_FILE, INT8, "int8")):
+        if not (directory / filename).is_file():
+            continue
+        try:
+            candidates.append(
+                (OrtRunner(directory / filename, name=f"onnxruntime-cpu-{label}"), tolerance)
+            )
+        except Exception as exc:  # noqa: BLE001 - e.g. no fp16 kernels for this provider
+            skipped[f"onnxruntime-cpu-{label}"] = f"cannot run here: {str(exc)[:200]}"
+
+
+class NormalizingRunner(Runner):
+    """Feeds uint8 NHWC images through the Python preprocessing into another runner: the
+    reference for a graph that does its own preprocessing."""
+
+    def __init__(self, inner: Runner, spec: ModelSpec) -> None:
+        self.inner, self.spec, self.name = inner, spec, f"{inner.name} + python preprocessing"
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        return self.inner.infer(normalize(batch, self.spec))
+
+
+def uint8_inputs(spec: ModelSpec, config: VerifyConfig) -> list[ParityInput]:
+    """Seeded random uint8 images at each batch size, plus the user's images resized."""
+    rng = np.random.default_rng(config.seed)
+    size = spec.input_size
+    inputs = [
+        ParityInput(f"random batch={b}", rng.integers(0, 256, (b, size, size, 3), dtype=np.uint8))
+        for b in config.batch_sizes
+    ]
+    if config.images:
+        from resnext_deploy.preprocess import list_images, resize_and_crop
+
+        files = list_images(list(config.images))
+        images = np.stack([resize_and_crop(load_image(f), spec) for f in files])
+        inputs.append(ParityInput(f"{len(files)} user images", images))
+    return inputs
 
 
 def verify_artifact(artifact: Artifact, config: VerifyConfig = VerifyConfig()) -> ParityReport:

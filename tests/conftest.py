@@ -50,6 +50,20 @@ def tiny_export(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory)
     return out
 
 
+@pytest.fixture(scope="session")
+def digits_run(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+    """A resnext11_mini trained for 3 epochs on the bundled digits (16 px), and its export."""
+    from resnext_deploy.export.pipeline import ExportConfig, export_checkpoint
+    from resnext_deploy.models.checkpoint import LoadOptions
+    from resnext_deploy.train import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("digits")
+    config = TrainConfig(data="digits", out_dir=out / "train", epochs=3, input_size=16, lr=2e-3)
+    result = train(config)
+    export = export_checkpoint(result.checkpoint, LoadOptions(), ExportConfig(out / "export"))
+    return result, export
+
+
 def has_cuda() -> bool:
     """True only when onnxruntime can really start its CUDA provider here."""
     from resnext_deploy.errors import ProviderUnavailableError

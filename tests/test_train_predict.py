@@ -14,23 +14,12 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from resnext_deploy.cli import app
-from resnext_deploy.export.pipeline import ExportConfig, export_checkpoint
-from resnext_deploy.models.checkpoint import LoadOptions, load_model
+from resnext_deploy.models.checkpoint import load_model
 from resnext_deploy.predict import Classifier
 from resnext_deploy.preprocess import load_image, preprocess
-from resnext_deploy.train import TrainConfig, train
 from tests.test_data import make_folder
 
 runner = CliRunner()
-
-
-@pytest.fixture(scope="module")
-def digits_run(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
-    out = tmp_path_factory.mktemp("run")
-    config = TrainConfig(data="digits", out_dir=out / "train", epochs=3, input_size=16, lr=2e-3)
-    result = train(config)
-    export = export_checkpoint(result.checkpoint, LoadOptions(), ExportConfig(out / "export"))
-    return result, export
 
 
 def test_best_checkpoint_carries_its_spec(digits_run) -> None:  # noqa: ANN001

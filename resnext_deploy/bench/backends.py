@@ -22,8 +22,9 @@ from resnext_deploy.runtime.providers import CudaOptions, Provider, SessionConfi
 Call = Callable[[], Any]
 
 CORE_BACKENDS = ("eager", "torchscript", "torchscript-opt", "onnxruntime")
+VARIANT_BACKENDS = ("onnxruntime-fp16", "onnxruntime-int8")  # need an export with the variant
 PEER_BACKENDS = ("compile", "openvino-f32", "openvino-default")
-ALL_BACKENDS = CORE_BACKENDS + PEER_BACKENDS
+ALL_BACKENDS = CORE_BACKENDS + VARIANT_BACKENDS + PEER_BACKENDS
 
 
 @dataclass(frozen=True)
@@ -131,14 +132,19 @@ class OrtBackend(Backend):
     """
 
     def __init__(
-        self, ctx: BackendContext, cuda: CudaOptions | None = None, name: str | None = None
+        self,
+        ctx: BackendContext,
+        cuda: CudaOptions | None = None,
+        name: str | None = None,
+        model_path: Path | None = None,
     ) -> None:
         self.ctx = ctx
+        self.model_path = model_path or ctx.onnx_path
         self.cuda = cuda or ctx.cuda
         self.config = SessionConfig(
             provider=ctx.provider, cuda=self.cuda, intra_op_threads=ctx.threads
         )
-        self.session = create_session(ctx.onnx_path, self.config)
+        self.session = create_session(self.model_path, self.config)
         self.device = "cpu" if ctx.provider is Provider.CPU else "cuda"
         self.name = name or f"onnxruntime-{ctx.provider.value}"
         self.input_name = self.session.get_inputs()[0].name
@@ -152,7 +158,7 @@ class OrtBackend(Backend):
         import onnxruntime as ort
 
         if self.cuda.enable_cuda_graph:  # one session per shape: graphs are captured per shape
-            session = create_session(self.ctx.onnx_path, self.config)
+            session = create_session(self.model_path, self.config)
         device_id = self.cuda.device_id
         x = ort.OrtValue.ortvalue_from_numpy(batch, "cuda", device_id)
         binding = session.io_binding()
@@ -266,6 +272,19 @@ def build_backend(kind: str, ctx: BackendContext) -> Backend:
         return TorchBackend(kind, ctx)
     if kind == "onnxruntime":
         return OrtBackend(ctx)
+    if kind in VARIANT_BACKENDS:
+        from resnext_deploy.export.variants import FP16_FILE, INT8_FILE
+
+        precision = kind.rsplit("-", 1)[1]
+        path = ctx.onnx_path.parent / (FP16_FILE if precision == "fp16" else INT8_FILE)
+        if not path.is_file():
+            raise ConfigError(
+                f"backend {kind} needs an export with the {precision} variant "
+                f"(export --precision {precision}); {path} is missing"
+            )
+        return OrtBackend(
+            ctx, name=f"onnxruntime-{ctx.provider.value}-{precision}", model_path=path
+        )
     if kind == "compile":
         return CompileBackend(ctx)
     if kind in ("openvino-f32", "openvino-default"):

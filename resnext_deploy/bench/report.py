@@ -141,16 +141,20 @@ def to_markdown(report: dict[str, Any], plot_name: str | None = None) -> str:
     if report.get("overhead"):
         o = report["overhead"]
         lines += [
-            f"Harness overhead ({o.get('backend')}, batch 1): {o['overhead_pct']:+.2f}% "
-            f"({o['harness_ms']:.2f} ms per timed call vs {o['bare_ms']:.2f} ms in a bare "
-            "loop, median of alternating rounds).",
+            f"Harness overhead ({o.get('backend')}, batch 1): {o['cost_us']:.2f} us per timed "
+            "call (harness loop minus bare loop around an empty call) = "
+            f"{o['overhead_pct']:.4f}% of the {o['bare_ms']:.2f} ms bare-loop latency. Paired "
+            f"check around the real call (alternating blocks, medians): {o['paired_pct']:+.1f}%, "
+            "which measures this machine's noise more than the harness.",
             "",
         ]
     if report.get("compute_floor"):
         f = report["compute_floor"]
         lines += [
             f"Compute floor: {f['gflop_per_image']:.2f} GFLOP per image / "
-            f"{f['peak_gflops_matmul']:.0f} GFLOP/s (achieved fp32 matmul peak) = "
+            f"{f['peak_gflops']:.0f} GFLOP/s peak (the larger of the nominal "
+            f"{f['peak_gflops_nominal']:.0f} GFLOP/s = {f['nominal_basis']}, and "
+            f"{f['peak_gflops_matmul']:.0f} GFLOP/s measured on a 2048^3 MatMul) = "
             f"{f['floor_ms_per_image']:.1f} ms per image. Best path: "
             f"{f['best_batch1_ms']:.1f} ms at batch 1 ({f['efficiency_batch1']:.0%} of the "
             f"floor), {f['best_ms_per_image']:.1f} ms per image at best "

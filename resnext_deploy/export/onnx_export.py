@@ -56,7 +56,7 @@ def export_onnx(
         raise ExportError(f"opset {opset} is below {MIN_OPSET}, the exporter's minimum")
     if example.shape[0] < 2:
         raise ExportError("export with an example batch of at least 2 (batch 1 gets specialised)")
-    with _quiet():
+    with quiet_exporter():
         try:
             program = torch.onnx.export(
                 model.eval(),
@@ -135,7 +135,7 @@ def conv_summary(path_or_proto: Any) -> ConvSummary:
 
 
 @contextlib.contextmanager
-def _quiet():  # noqa: ANN202
+def quiet_exporter():  # noqa: ANN202
     """The exporter prints progress lines and warnings; keep the user's terminal for our output."""
     loggers = [logging.getLogger(n) for n in ("torch.onnx", "onnxscript", "torch.export")]
     levels = [lg.level for lg in loggers]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -12,6 +12,7 @@ from torch import nn
 from resnext_deploy.environment import package_versions
 from resnext_deploy.errors import ExportError, ParityError
 from resnext_deploy.export.atomic import atomic_directory
+from resnext_deploy.export.calibration import CalibrationConfig, calibration_sets
 from resnext_deploy.export.manifest import (
     MANIFEST,
     ONNX_FILE,
@@ -22,6 +23,16 @@ from resnext_deploy.export.manifest import (
 )
 from resnext_deploy.export.onnx_export import DEFAULT_OPSET, ConvSummary, conv_summary, export_onnx
 from resnext_deploy.export.torchscript import export_torchscript
+from resnext_deploy.export.variants import (
+    FP16_FILE,
+    INT8_FILE,
+    PREPROCESS_FILE,
+    Int8Result,
+    Precision,
+    export_fp16,
+    export_int8,
+    export_with_preprocessing,
+)
 from resnext_deploy.models.checkpoint import LoadOptions, load_model
 from resnext_deploy.parity import ParityReport
 from resnext_deploy.spec import ModelSpec
@@ -38,6 +49,9 @@ class ExportConfig:
     opset: int = DEFAULT_OPSET
     overwrite: bool = False
     verify: VerifyConfig = field(default_factory=VerifyConfig)
+    precisions: tuple[Precision, ...] = (Precision.FP32,)
+    embed_preprocess: bool = False
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
 
 
 @dataclass(frozen=True)
@@ -47,6 +61,7 @@ class ExportResult:
     files: dict[str, int]
     convs: ConvSummary
     parity: ParityReport
+    int8: Int8Result | None = None
 
 
 def export_checkpoint(checkpoint: Path, load: LoadOptions, config: ExportConfig) -> ExportResult:
@@ -56,11 +71,12 @@ def export_checkpoint(checkpoint: Path, load: LoadOptions, config: ExportConfig)
 
 
 def export_model(model: nn.Module, spec: ModelSpec, config: ExportConfig) -> ExportResult:
-    """Write weights, TorchScript, ONNX, parity report and manifest to ``config.out_dir``.
+    """Write weights, TorchScript, ONNX (plus any fp16/int8/preprocessing variants), the parity
+    report and the manifest to ``config.out_dir``.
 
     Everything is staged in a sibling directory and renamed into place only after the parity gate
-    passes. Raises :class:`ParityError` (nothing written) when a backend disagrees with eager,
-    :class:`ExportError` when the model cannot be exported.
+    (and, for int8, the accuracy gate) passes. Raises :class:`ParityError` (nothing written) when a
+    backend disagrees with eager, :class:`ExportError` when the model cannot be exported.
     """
     check_exportable(model)
     model.eval()
@@ -76,18 +92,39 @@ def export_model(model: nn.Module, spec: ModelSpec, config: ExportConfig) -> Exp
         export_torchscript(model, example, stage / TORCHSCRIPT_FILE, spec, versions)
         export_onnx(model, example, stage / ONNX_FILE, spec, versions, config.opset)
         convs = conv_summary(stage / ONNX_FILE)
+        files = [WEIGHTS_FILE, TORCHSCRIPT_FILE, ONNX_FILE]
+        int8 = None
+        if Precision.FP16 in config.precisions:
+            export_fp16(stage / ONNX_FILE, stage / FP16_FILE)
+            files.append(FP16_FILE)
+        if Precision.INT8 in config.precisions:
+            calibration, held_out = calibration_sets(config.calibration, spec)
+            int8 = export_int8(
+                stage / ONNX_FILE,
+                stage / INT8_FILE,
+                calibration,
+                held_out,
+                config.calibration.min_agreement,
+            )
+            files.append(INT8_FILE)
+        if config.embed_preprocess:
+            export_with_preprocessing(model, spec, stage / PREPROCESS_FILE, config.opset)
+            files.append(PREPROCESS_FILE)
         report = compare_model_with_files(model, spec, stage, config.verify)
         if not report.passed:
             failed = "; ".join(
                 f"{b.backend}: {', '.join(b.failures)}" for b in report.backends if not b.passed
             )
             raise ParityError(f"parity gate failed, nothing was written ({failed})")
-        (stage / PARITY_FILE).write_text(json.dumps(report.to_dict(), indent=2))
-        files = [WEIGHTS_FILE, TORCHSCRIPT_FILE, ONNX_FILE, PARITY_FILE]
+        parity = report.to_dict()
+        if int8 is not None:
+            parity["int8"] = asdict(int8) | {"speedup": int8.speedup}
+        (stage / PARITY_FILE).write_text(json.dumps(parity, indent=2))
+        files.append(PARITY_FILE)
         manifest = build_manifest(stage, spec, versions, files)
         (stage / MANIFEST).write_text(json.dumps(manifest, indent=2))
         sizes = {name: (stage / name).stat().st_size for name in files}
-    return ExportResult(out_dir, spec, sizes, convs, report)
+    return ExportResult(out_dir, spec, sizes, convs, report, int8)
 
 
 def check_exportable(model: nn.Module) -> None:
