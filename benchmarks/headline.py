@@ -123,7 +123,7 @@ def main() -> None:
         lines += ["", f"Command: `{q['config'].get('command')}`", ""]
     lines += ["## Targets", "", "| target | measured | met |", "| --- | ---: | --- |"]
     for label, value, ok in checks:
-        lines.append(f"| {label} | {value:.2f} | {'yes' if ok else 'NO'} |")
+        lines.append(f"| {label} | {value:.4f} | {'yes' if ok else 'NO'} |")
     f = rx.get("compute_floor")
     if f:
         lines += [

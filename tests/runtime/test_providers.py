@@ -125,3 +125,19 @@ def test_cuda_runner_matches_cpu(tiny_export: Path, cuda_or_skip: None) -> None:
     cuda = OrtRunner(tiny_export / ONNX_FILE, SessionConfig(provider=Provider.CUDA))
     assert cuda.session.get_providers()[0] == "CUDAExecutionProvider"
     np.testing.assert_allclose(cuda.infer(x), cpu, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.gpu
+def test_bench_on_cuda_binds_io_on_the_device(tmp_path: Path, cuda_or_skip: None) -> None:
+    from resnext_deploy.bench.harness import BenchConfig, Timing
+    from resnext_deploy.bench.run import run_benchmark
+
+    config = BenchConfig(backends=("eager", "onnxruntime"), batch_sizes=(1, 4),
+                         provider=Provider.CUDA, measure_overhead=False,
+                         timing=Timing(warmup=1, min_iters=3, min_time_s=0.0))
+    report = run_benchmark("resnext11_mini", config)
+    ort_rows = [m for m in report.results if m.backend == "onnxruntime-cuda"]
+    assert all(m.status == "ok" and m.end_to_end is not None for m in ort_rows)
+    described = next(b for b in report.backends if b["name"] == "onnxruntime-cuda")
+    assert described["providers"][0] == "CUDAExecutionProvider"
+    assert described["cuda_options"]["cudnn_conv_algo_search"] == "EXHAUSTIVE"
