@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from resnext_deploy.data import DIGITS, DIGITS_MEAN, DIGITS_STD, Dataset, Split, load_dataset
+from resnext_deploy.data import DIGITS, DIGITS_MEAN, DIGITS_STD, Split, load_dataset
 from resnext_deploy.errors import ConfigError
 from resnext_deploy.export.atomic import atomic_write_bytes
 from resnext_deploy.models.registry import ARCHS, build_model
@@ -255,10 +255,3 @@ def _save_atomically(payload: dict, path: Path) -> None:
     buffer = io.BytesIO()
     torch.save(payload, buffer)
     atomic_write_bytes(path, buffer.getvalue())
-
-
-def summarize(dataset: Dataset) -> str:
-    return (
-        f"{dataset.source}: {len(dataset.train)} training / {len(dataset.val)} validation "
-        f"images, {len(dataset.class_names)} classes"
-    )

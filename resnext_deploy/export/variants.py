@@ -240,8 +240,9 @@ def export_with_preprocessing(model: Any, spec: ModelSpec, dst: Path, opset: int
 
     from resnext_deploy.environment import package_versions
     from resnext_deploy.export.onnx_export import quiet_exporter, set_metadata
+    from resnext_deploy.models.with_preprocessing import PreprocessAndClassify
 
-    wrapper = _PreprocessWrapper(model, spec).eval()
+    wrapper = PreprocessAndClassify(model, spec).eval()
     example = torch.randint(0, 256, (2, spec.input_size, spec.input_size, 3), dtype=torch.uint8)
     with quiet_exporter():
         try:
@@ -263,24 +264,3 @@ def export_with_preprocessing(model: Any, spec: ModelSpec, dst: Path, opset: int
     entry = proto.metadata_props.add()
     entry.key, entry.value = "input_format", "uint8 NHWC RGB, resized to input_size"
     _save_checked(proto, dst)
-
-
-class _PreprocessWrapper:  # built lazily so that importing this module does not import torch
-    def __new__(cls, model: Any, spec: ModelSpec) -> Any:
-        import torch
-        from torch import nn
-
-        class PreprocessAndClassify(nn.Module):
-            def __init__(self) -> None:
-                super().__init__()
-                self.model = model
-                scale = torch.tensor(spec.std, dtype=torch.float32) * 255.0
-                self.register_buffer("mean", torch.tensor(spec.mean).view(1, 3, 1, 1) * 255.0)
-                self.register_buffer("scale", scale.view(1, 3, 1, 1))
-
-            def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-                x = image.permute(0, 3, 1, 2).to(torch.float32)
-                logits = self.model((x - self.mean) / self.scale)
-                return logits, torch.softmax(logits, dim=1)
-
-        return PreprocessAndClassify()
