@@ -21,8 +21,9 @@ demo: $(STAMP)
 	$(BIN)/resnext-deploy demo
 
 lint: $(STAMP)
-	$(BIN)/pip install --quiet ruff
+	$(BIN)/pip install --quiet ruff mypy
 	$(BIN)/ruff check resnext_deploy tests benchmarks
+	$(BIN)/mypy resnext_deploy
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -622,7 +622,7 @@ def triton(
     out.print(
         f"[green]wrote[/] {model_dir} - serve it with:\n"
         f"  docker run --rm {'--gpus all ' if gpu else ''}-p 8000:8000 -p 8001:8001 "
-        f"-v $PWD/{out_dir}:/models nvcr.io/nvidia/tritonserver:<yy.mm>-py3 "
+        f"-v {out_dir.resolve()}:/models nvcr.io/nvidia/tritonserver:<yy.mm>-py3 "
         "tritonserver --model-repository=/models",
         highlight=False,
     )

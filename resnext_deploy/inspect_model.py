@@ -6,7 +6,7 @@ import json
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from resnext_deploy.errors import ArtifactError
 from resnext_deploy.spec import SPEC_KEY
@@ -105,11 +105,11 @@ def _inspect_torchscript(path: Path) -> ModelInfo:
             ops[kind] += 1
         if kind in ("aten::conv2d", "aten::_convolution"):
             group_input = list(node.inputs())[6 if kind == "aten::conv2d" else 8]
-            value = group_input.toIValue()
+            value: Any = group_input.toIValue()
             groups[int(value) if value is not None else -1] += 1
     params = sum(int(t.numel()) for t in module.state_dict().values())
     params += sum(
-        int(n.output().toIValue().numel())
+        int(cast(Any, n.output().toIValue()).numel())
         for n in graph.nodes()
         if n.kind() == "prim::Constant" and n.output().type().kind() == "TensorType"
     )

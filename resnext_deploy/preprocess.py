@@ -43,9 +43,9 @@ def resize_and_crop(rgb: np.ndarray, spec: ModelSpec) -> np.ndarray:
 
 def normalize(batch_uint8: np.ndarray, spec: ModelSpec) -> np.ndarray:
     """uint8 ``N x H x W x 3`` -> float32 ``N x 3 x H x W``, scaled and normalised."""
-    x = batch_uint8.astype(np.float32) / np.float32(255.0)
-    x = (x - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
-    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+    scaled = batch_uint8.astype(np.float32) / np.float32(255.0)
+    normed = (scaled - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
+    return np.ascontiguousarray(normed.transpose(0, 3, 1, 2))
 
 
 def preprocess(images: list[np.ndarray], spec: ModelSpec) -> np.ndarray:

@@ -100,8 +100,8 @@ def compare_model_with_files(
         report.backends += uint8.backends
         report.inputs += [f"{name} (uint8 NHWC)" for name in uint8.inputs]
     report.skipped = skipped
-    for runner, _ in candidates:
-        runner.close()
+    for candidate, _ in candidates:
+        candidate.close()
     return report
 
 

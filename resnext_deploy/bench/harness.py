@@ -260,7 +260,8 @@ def theoretical_peak_gflops(cores: int) -> dict[str, float | str]:
     """Nominal fp32 peak from /proc/cpuinfo: cores x clock x FLOP per cycle, where FLOP per cycle
     assumes two FMA pipes of the widest vector unit the flags announce (AVX-512: 16 lanes, AVX2:
     8). Turbo clocks can exceed the nominal clock, so treat this as an estimate."""
-    flags, mhz = set(), 0.0
+    flags: set[str] = set()
+    mhz = 0.0
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
             for line in f:

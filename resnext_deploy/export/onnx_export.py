@@ -73,6 +73,8 @@ def export_onnx(
             raise ExportError(
                 f"torch.onnx.export failed: {str(exc).splitlines()[0][:300]}"
             ) from None
+    if program is None:
+        raise ExportError("torch.onnx.export returned no program")
     proto = program.model_proto
     set_metadata(proto, spec, versions)
     onnx.save_model(proto, str(path))

@@ -259,6 +259,8 @@ def export_with_preprocessing(model: Any, spec: ModelSpec, dst: Path, opset: int
             )
         except Exception as exc:  # noqa: BLE001 - exporter failures come in many types
             raise ExportError(f"exporting the preprocessing graph failed: {exc}") from None
+    if program is None:
+        raise ExportError("exporting the preprocessing graph returned no program")
     proto = program.model_proto
     set_metadata(proto, spec, package_versions())
     entry = proto.metadata_props.add()

@@ -15,6 +15,9 @@ class PreprocessAndClassify(nn.Module):
     one division per element inside the graph.
     """
 
+    mean: torch.Tensor
+    scale: torch.Tensor
+
     def __init__(self, model: nn.Module, spec: ModelSpec) -> None:
         super().__init__()
         self.model = model

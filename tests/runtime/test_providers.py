@@ -132,9 +132,13 @@ def test_bench_on_cuda_binds_io_on_the_device(tmp_path: Path, cuda_or_skip: None
     from resnext_deploy.bench.harness import BenchConfig, Timing
     from resnext_deploy.bench.run import run_benchmark
 
-    config = BenchConfig(backends=("eager", "onnxruntime"), batch_sizes=(1, 4),
-                         provider=Provider.CUDA, measure_overhead=False,
-                         timing=Timing(warmup=1, min_iters=3, min_time_s=0.0))
+    config = BenchConfig(
+        backends=("eager", "onnxruntime"),
+        batch_sizes=(1, 4),
+        provider=Provider.CUDA,
+        measure_overhead=False,
+        timing=Timing(warmup=1, min_iters=3, min_time_s=0.0),
+    )
     report = run_benchmark("resnext11_mini", config)
     ort_rows = [m for m in report.results if m.backend == "onnxruntime-cuda"]
     assert all(m.status == "ok" and m.end_to_end is not None for m in ort_rows)
