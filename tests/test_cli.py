@@ -119,3 +119,12 @@ def test_bad_batch_sizes(tiny_export: Path) -> None:
     assert_clean_failure(
         invoke("verify", tiny_export, "--batch-sizes", "1,x"), "comma-separated integers"
     )
+
+
+def test_predict_on_cuda_without_gpu(tiny_export: Path, tmp_path: Path) -> None:
+    from tests.conftest import has_cuda
+
+    if has_cuda():
+        pytest.skip("this machine has a usable GPU")
+    result = invoke("predict", tiny_export, tmp_path, "--provider", "cuda")
+    assert_clean_failure(result, "CUDAExecutionProvider was requested")

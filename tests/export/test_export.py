@@ -140,3 +140,16 @@ def test_force_replaces_an_old_export(tiny_checkpoint: Path, tmp_path: Path) -> 
     export_checkpoint(tiny_checkpoint, LoadOptions(arch=TINY), ExportConfig(out, overwrite=True))
     assert not (out / "stale.txt").exists() and (out / MANIFEST).is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_interrupted_staging_leaves_nothing_and_keeps_the_old_export(tmp_path: Path) -> None:
+    from resnext_deploy.export.atomic import atomic_directory
+
+    target = tmp_path / "out"
+    target.mkdir()
+    (target / "old.txt").write_text("previous export")
+    with pytest.raises(KeyboardInterrupt), atomic_directory(target, overwrite=True) as stage:
+        (stage / "half.onnx").write_bytes(b"partial")
+        raise KeyboardInterrupt
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert (target / "old.txt").read_text() == "previous export"
