@@ -17,7 +17,7 @@ from torch import nn
 
 from resnext_deploy.data import DIGITS, DIGITS_MEAN, DIGITS_STD, Split, load_dataset
 from resnext_deploy.errors import ConfigError
-from resnext_deploy.export.atomic import atomic_write_bytes
+from resnext_deploy.export.atomic import atomic_write_bytes, save_figure
 from resnext_deploy.models.registry import ARCHS, build_model
 from resnext_deploy.preprocess import normalize
 from resnext_deploy.spec import IMAGENET_MEAN, IMAGENET_STD, ModelSpec
@@ -221,11 +221,7 @@ def plot_curves(history: list[EpochStats], path: Path) -> Path:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return save_figure(fig, path)
 
 
 def _optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:

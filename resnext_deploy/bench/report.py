@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from resnext_deploy.errors import BenchmarkError
-from resnext_deploy.export.atomic import atomic_write_text
+from resnext_deploy.export.atomic import atomic_write_text, save_figure
 
 STAT_FIELDS = (
     "n",
@@ -214,11 +214,7 @@ def plot(report: dict[str, Any], path: Path) -> Path:
         fontsize=9,
     )
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return save_figure(fig, path)
 
 
 @dataclass(frozen=True)
