@@ -19,6 +19,10 @@ TOOL_PACKAGES = (
 )
 
 
+# Benchmark reports also name the optional peer they may have measured.
+BENCH_PACKAGES = (*TOOL_PACKAGES, "openvino")
+
+
 def package_versions(packages: tuple[str, ...] = TOOL_PACKAGES) -> dict[str, str]:
     """Installed versions of ``packages`` (missing ones are left out)."""
     found = {}

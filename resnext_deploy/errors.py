@@ -8,6 +8,13 @@ resnext-deploy and is reported as such.
 from __future__ import annotations
 
 
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first non-empty line of ``exc``'s message, cut to ``limit`` characters; the exception
+    type's name when the message is empty. Library errors are often many lines long."""
+    lines = str(exc).strip().splitlines()
+    return lines[0][:limit] if lines else type(exc).__name__
+
+
 class DeployError(Exception):
     """Base class for user-facing failures (bad input, missing hardware, failed checks)."""
 

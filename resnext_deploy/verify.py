@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
-from resnext_deploy.errors import DataError, ParityError, ProviderUnavailableError
+from resnext_deploy.errors import DataError, ParityError, ProviderUnavailableError, first_line
 from resnext_deploy.export.manifest import ONNX_FILE, TORCHSCRIPT_FILE, WEIGHTS_FILE, Artifact
 from resnext_deploy.export.variants import FP16_FILE, INT8_FILE, PREPROCESS_FILE
 from resnext_deploy.parity import (
@@ -123,7 +123,7 @@ def _add_variants(directory: Path, candidates: list[tuple[Runner, Tolerance]]) -
             # An unverifiable variant is not a verified one: refuse rather than skip.
             raise ParityError(
                 f"the {label} variant cannot run on onnxruntime's CPU provider, so it cannot be "
-                f"verified: {str(exc).splitlines()[0][:200]}"
+                f"verified: {first_line(exc, 200)}"
             ) from None
         candidates.append((runner, tolerance))
 

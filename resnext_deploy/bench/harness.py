@@ -19,7 +19,7 @@ from resnext_deploy.bench.backends import (
     default_threads,
 )
 from resnext_deploy.bench.stats import LatencyStats, summarize
-from resnext_deploy.errors import ConfigError
+from resnext_deploy.errors import ConfigError, first_line
 from resnext_deploy.runtime.providers import CudaOptions, Provider
 
 CPU_BATCH_SIZES = (1, 2, 4, 8, 16)
@@ -164,7 +164,7 @@ def sweep(
             except Exception as exc:  # noqa: BLE001 - any backend failure is recorded, not fatal
                 oom = is_oom(exc)
                 m.status = "oom" if oom else "error"
-                m.error = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else repr(exc)
+                m.error = first_line(exc)
                 stopped[backend.name] = (
                     f"stopped after out-of-memory at batch {b}"
                     if oom

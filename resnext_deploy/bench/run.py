@@ -20,7 +20,7 @@ from resnext_deploy.bench.harness import (
     sweep,
     theoretical_peak_gflops,
 )
-from resnext_deploy.environment import environment, package_versions
+from resnext_deploy.environment import BENCH_PACKAGES, environment, package_versions
 from resnext_deploy.runtime.providers import Provider, check_provider
 
 REPORT_FORMAT = 1
@@ -111,7 +111,7 @@ def run_benchmark(
             {
                 "threads": threads,
                 "provider": config.provider.value,
-                "versions": package_versions(_VERSIONED),
+                "versions": package_versions(BENCH_PACKAGES),
             }
         ),
         overhead=overhead,
@@ -121,17 +121,6 @@ def run_benchmark(
     if config.provider is Provider.CPU:
         report.compute_floor = compute_floor(gmacs, threads, result.results)
     return report
-
-
-_VERSIONED = (
-    "resnext-deploy",
-    "torch",
-    "torchvision",
-    "onnx",
-    "onnxruntime-gpu",
-    "numpy",
-    "openvino",
-)
 
 
 def compute_floor(gmacs: float, threads: int, results: list[Measurement]) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from resnext_deploy.errors import ArtifactError, ExportError
+from resnext_deploy.errors import ArtifactError, ExportError, first_line
 from resnext_deploy.spec import SPEC_KEY, ModelSpec
 
 INPUT_NAME = "input"
@@ -70,9 +70,7 @@ def export_onnx(
                 verbose=False,
             )
         except Exception as exc:  # noqa: BLE001 - exporter failures come in many types
-            raise ExportError(
-                f"torch.onnx.export failed: {str(exc).splitlines()[0][:300]}"
-            ) from None
+            raise ExportError(f"torch.onnx.export failed: {first_line(exc)}") from None
     if program is None:
         raise ExportError("torch.onnx.export returned no program")
     proto = program.model_proto

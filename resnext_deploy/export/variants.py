@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from resnext_deploy.errors import ConfigError, ExportError
+from resnext_deploy.errors import ConfigError, ExportError, first_line
 from resnext_deploy.spec import ModelSpec
 
 FP16_FILE = "model.fp16.onnx"
@@ -258,7 +258,9 @@ def export_with_preprocessing(model: Any, spec: ModelSpec, dst: Path, opset: int
                 verbose=False,
             )
         except Exception as exc:  # noqa: BLE001 - exporter failures come in many types
-            raise ExportError(f"exporting the preprocessing graph failed: {exc}") from None
+            raise ExportError(
+                f"exporting the preprocessing graph failed: {first_line(exc)}"
+            ) from None
     if program is None:
         raise ExportError("exporting the preprocessing graph returned no program")
     proto = program.model_proto

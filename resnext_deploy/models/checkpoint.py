@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import pickle
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -12,7 +11,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from resnext_deploy.errors import CheckpointError
+from resnext_deploy.errors import CheckpointError, first_line
+from resnext_deploy.export.manifest import sha256_of
 from resnext_deploy.models.layouts import convert_layout, detect_layout
 from resnext_deploy.models.registry import ARCHS, _build_on_meta, build_model
 from resnext_deploy.spec import IMAGENET_MEAN, IMAGENET_STD, ArchConfig, ModelSpec
@@ -45,14 +45,6 @@ class LoadOptions:
     std: tuple[float, float, float] | None = None
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def read_checkpoint(path: str | Path) -> Checkpoint:
     """Load a state dict with ``torch.load(weights_only=True)``.
 
@@ -72,9 +64,13 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
                 "Loading it would execute arbitrary code, so resnext-deploy refuses. Re-save it "
                 "where it was trained with `torch.save(model.state_dict(), 'weights.pth')`."
             ) from None
-        raise CheckpointError(f"{path} is not a PyTorch checkpoint ({_first_line(exc)})") from None
+        raise CheckpointError(
+            f"{path} is not a PyTorch checkpoint ({first_line(exc, 200)})"
+        ) from None
     except Exception as exc:  # noqa: BLE001 - garbage input fails in many ways inside torch.load
-        raise CheckpointError(f"{path} is not a PyTorch checkpoint ({_first_line(exc)})") from None
+        raise CheckpointError(
+            f"{path} is not a PyTorch checkpoint ({first_line(exc, 200)})"
+        ) from None
 
     spec = None
     if isinstance(obj, Mapping):
@@ -88,7 +84,7 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
     tensors = {_strip(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
     if not tensors:
         raise CheckpointError(f"{path} holds no tensors")
-    return Checkpoint(path, tensors, file_sha256(path), dict(spec) if spec else None)
+    return Checkpoint(path, tensors, sha256_of(path), dict(spec) if spec else None)
 
 
 def load_model(
@@ -220,8 +216,3 @@ def _strip(key: str) -> str:
             if key.startswith(prefix):
                 key, changed = key[len(prefix) :], True
     return key
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:200] if text else type(exc).__name__
