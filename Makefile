@@ -24,6 +24,7 @@ lint: $(STAMP)
 	$(BIN)/pip install --quiet ruff mypy
 	$(BIN)/ruff check resnext_deploy tests benchmarks
 	$(BIN)/mypy resnext_deploy
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

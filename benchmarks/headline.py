@@ -6,17 +6,18 @@ Usage: python benchmarks/headline.py RESNEXT.json RESNET.json --out cpu-headline
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
+
+from resnext_deploy.bench.report import BenchReport, load_report
 
 DEPLOYED = ("torchscript", "torchscript-optimized", "onnxruntime-cpu")
 PEERS = ("torch-compile", "openvino-f32", "openvino-default")
 
 
-def p50(report: dict, backend: str, batch: int) -> float | None:
-    for r in report["results"]:
-        if r["backend"] == backend and r["batch_size"] == batch and r.get("stats"):
-            return r["stats"]["p50_ms"]
+def p50(report: BenchReport, backend: str, batch: int) -> float | None:
+    for m in report.rows(backend):
+        if m.backend == backend and m.batch_size == batch and m.stats:
+            return m.stats.p50_ms
     return None
 
 
@@ -27,14 +28,14 @@ def main() -> None:
     parser.add_argument("--int8", type=Path, help="bench report with onnxruntime and -int8")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
-    rx = json.loads(args.resnext.read_text())
-    rn = json.loads(args.resnet.read_text())
-    backends = [b["name"] for b in rx["backends"]]
-    env = rx["environment"]
+    rx = load_report(args.resnext)
+    rn = load_report(args.resnet)
+    backends = rx.backend_names()
+    env = rx.environment
     lines = [
         "# Headline CPU comparison: ResNeXt-50 32x4d vs ResNet-50, 224x224",
         "",
-        f"Machine: {env['cpu']}, {env['cpu_count']} cores, {rx['threads']} threads, no GPU; "
+        f"Machine: {env['cpu']}, {env['cpu_count']} cores, {rx.threads} threads, no GPU; "
         f"{env['date']}. Versions: "
         + ", ".join(f"{k} {v}" for k, v in env["versions"].items())
         + ".",
@@ -94,7 +95,7 @@ def main() -> None:
                 deployed[best_dep] <= peers[best_peer],
             )
         )
-    o = rx.get("overhead")
+    o = rx.overhead
     if o:
         checks.append(
             (
@@ -105,33 +106,33 @@ def main() -> None:
             )
         )
     if args.int8:
-        q = json.loads(args.int8.read_text())
-        fp32_name = next(b["name"] for b in q["backends"] if b["name"] == "onnxruntime-cpu")
-        int8_name = next(b["name"] for b in q["backends"] if b["name"].endswith("-int8"))
+        q = load_report(args.int8)
+        fp32_name = next(b for b in q.backend_names() if b == "onnxruntime-cpu")
+        int8_name = next(b for b in q.backend_names() if b.endswith("-int8"))
         lines += [
             "## int8 vs fp32 onnxruntime (same run)",
             "",
             "| batch | eager ms | fp32 ms | int8 ms | int8 speed-up vs fp32 |",
             "| ---: | ---: | ---: | ---: | ---: |",
         ]
-        for b in q["batch_sizes"]:
+        for b in q.batch_sizes:
             e, f32, i8 = p50(q, "torch-eager", b), p50(q, fp32_name, b), p50(q, int8_name, b)
             if f32 and i8:
                 lines.append(f"| {b} | {e:.1f} | {f32:.1f} | {i8:.1f} | {f32 / i8:.2f} |")
         b1 = (p50(q, fp32_name, 1) or 0) / (p50(q, int8_name, 1) or float("inf"))
         checks.append(("int8 >= 2x faster than fp32 onnxruntime at batch 1", b1, b1 >= 2.0))
-        lines += ["", f"Command: `{q['config'].get('command')}`", ""]
+        lines += ["", f"Command: `{q.command}`", ""]
     lines += ["## Targets", "", "| target | measured | met |", "| --- | ---: | --- |"]
     for label, value, ok in checks:
         lines.append(f"| {label} | {value:.4f} | {'yes' if ok else 'NO'} |")
-    f = rx.get("compute_floor")
+    f = rx.compute_floor
     if f:
         lines += [
             "",
             f"Compute floor: {f['gflop_per_image']:.2f} GFLOP per image at "
             f"{f['peak_gflops']:.0f} GFLOP/s (larger of nominal {f['peak_gflops_nominal']:.0f}: "
             f"{f['nominal_basis']}, and a measured MatMul {f['peak_gflops_matmul']:.0f}; on "
-            f"{rx['threads']} threads) = {f['floor_ms_per_image']:.1f} ms. The best batch-1 "
+            f"{rx.threads} threads) = {f['floor_ms_per_image']:.1f} ms. The best batch-1 "
             f"path takes {f['best_batch1_ms']:.1f} ms ({f['efficiency_batch1']:.0%} of the "
             f"floor); the best per-image time over batch sizes is "
             f"{f['best_ms_per_image']:.1f} ms ({f['efficiency_best']:.0%}).",

@@ -10,7 +10,7 @@ from resnext_deploy.errors import (
     ParityError,
     ProviderUnavailableError,
 )
-from resnext_deploy.export.manifest import Artifact, open_artifact
+from resnext_deploy.artifact import Artifact, Variant, open_artifact
 from resnext_deploy.export.pipeline import (
     ExportConfig,
     ExportResult,
@@ -19,7 +19,8 @@ from resnext_deploy.export.pipeline import (
 )
 from resnext_deploy.models.checkpoint import LoadOptions, load_model, read_checkpoint
 from resnext_deploy.models.registry import ARCHS, build_model, describe
-from resnext_deploy.parity import ParityReport, Tolerance
+from resnext_deploy.artifact import Tolerance
+from resnext_deploy.parity import ParityReport
 from resnext_deploy.runtime.ort import OrtRunner
 from resnext_deploy.runtime.providers import (
     CudaOptions,
@@ -56,6 +57,7 @@ __all__ = [
     "TensorRTOptions",
     "Tolerance",
     "TorchScriptRunner",
+    "Variant",
     "VerifyConfig",
     "build_model",
     "create_session",

@@ -9,18 +9,55 @@ from __future__ import annotations
 import functools
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
+import click
 import typer
 from rich.console import Console
+from rich.markup import escape
+from typer.core import TyperGroup
 
+from resnext_deploy.bench.backends import BenchBackend
 from resnext_deploy.errors import DeployError
 from resnext_deploy.runtime.providers import Provider
 
+USAGE_EXIT_CODE = 1  # as for every other bad input (README, "Commands")
+
+
+@contextmanager
+def usage_errors_on_one_line() -> Iterator[None]:
+    """Click reports a bad command line (unknown option, missing argument, value out of range) in
+    a boxed panel with exit status 2; report it like any other bad input instead: one ``error:``
+    line on stderr and exit status 1. A bare ``resnext-deploy`` still prints the help."""
+    try:
+        yield
+    except click.exceptions.NoArgsIsHelpError:
+        raise
+    except click.UsageError as exc:
+        where = f" (see '{exc.ctx.command_path} --help')" if exc.ctx else ""
+        message = escape(exc.format_message().rstrip(". ") + where)
+        err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+        raise typer.Exit(USAGE_EXIT_CODE) from None
+
+
+class OneLineErrorsGroup(TyperGroup):
+    """The command group, with usage errors on one line (see :func:`usage_errors_on_one_line`)."""
+
+    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
+        with usage_errors_on_one_line():
+            return super().make_context(*args, **kwargs)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        with usage_errors_on_one_line():
+            return super().invoke(ctx)
+
+
 app = typer.Typer(
     name="resnext-deploy",
+    cls=OneLineErrorsGroup,
     help="Export, verify, run and benchmark ResNeXt image classifiers (TorchScript + ONNX).",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
@@ -36,14 +73,23 @@ def handles_errors(func: F) -> F:
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from resnext_deploy.interrupts import Interrupted, handle_signals
+
         try:
-            return func(*args, **kwargs)
+            with handle_signals():  # SIGTERM cleans up like Ctrl-C
+                return func(*args, **kwargs)
         except DeployError as exc:
-            err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            # escape: a file name such as "[red]x.png" is text, not Rich markup
+            err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
-        except KeyboardInterrupt:
-            err.print("interrupted; nothing half-written was left behind")
-            raise typer.Exit(130) from None
+        except KeyboardInterrupt as exc:
+            signal_exc = exc if isinstance(exc, Interrupted) else Interrupted()
+            err.print(
+                f"interrupted ({signal_exc}); nothing half-written was left behind",
+                markup=False,
+                highlight=False,
+            )
+            raise typer.Exit(signal_exc.exit_code) from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -86,6 +132,11 @@ def read_class_names(text: str | None) -> tuple[str, ...]:
             raise ConfigError(f"class-names file not found: {path}")
         return tuple(ln.strip() for ln in path.read_text().splitlines() if ln.strip())
     return tuple(n.strip() for n in text.split(",") if n.strip())
+
+
+def command_line() -> str:
+    """The command as the user typed it, for result files."""
+    return "resnext-deploy " + " ".join(sys.argv[1:])
 
 
 def emit_json(data: Any) -> None:
@@ -147,16 +198,16 @@ def export(
         ),
     ] = None,
     out_dir: Annotated[
-        Path | None, typer.Option("--out", help="Output directory [default: exported/<arch>].")
+        Path | None, typer.Option("--out", help="Output directory \\[default: exported/<arch>].")
     ] = None,
     num_classes: Annotated[
         int | None,
-        typer.Option(help="Check the classifier has this many classes [default: inferred]."),
+        typer.Option(help="Check the classifier has this many classes \\[default: inferred]."),
     ] = None,
     class_names: Annotated[str | None, typer.Option(help="Comma-separated names or @file.")] = None,
     layout: Annotated[
         str | None,
-        typer.Option(help="Checkpoint layout: torchvision, modulelist, parts [default: detected]."),
+        typer.Option(help="Checkpoint layout: torchvision, modulelist, parts \\[default: detected]."),
     ] = None,
     input_size: Annotated[int | None, typer.Option(help="Input side in pixels.")] = None,
     resize: Annotated[int | None, typer.Option(help="Shorter side before the centre crop.")] = None,
@@ -219,13 +270,13 @@ def export(
         batch_sizes=parse_ints(batch_sizes, "--batch-sizes"), images=tuple(image or ())
     )
     config = ExportConfig(
-        out_dir,
-        opset,
-        force,
-        verify,
-        parse_precisions(precision),
-        embed_preprocess,
-        CalibrationConfig(calibration, min_agreement=int8_min_agreement),
+        out_dir=out_dir,
+        opset=opset,
+        overwrite=force,
+        verify=verify,
+        precisions=parse_precisions(precision),
+        embed_preprocess=embed_preprocess,
+        calibration=CalibrationConfig(source=calibration, min_agreement=int8_min_agreement),
     )
     with err.status(f"exporting {checkpoint} ..."):
         result = export_checkpoint(checkpoint, load, config)
@@ -268,7 +319,7 @@ def verify(
     provider: Annotated[
         list[Provider] | None,
         typer.Option(
-            help="onnxruntime provider that must run (repeatable) [default: cpu, plus cuda when "
+            help="onnxruntime provider that must run (repeatable) \\[default: cpu, plus cuda when "
             "usable]."
         ),
     ] = None,
@@ -276,7 +327,7 @@ def verify(
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Check eager vs TorchScript vs onnxruntime parity of an export (exit 1 on failure)."""
-    from resnext_deploy.export.manifest import open_artifact
+    from resnext_deploy.artifact import open_artifact
     from resnext_deploy.render import print_parity
     from resnext_deploy.verify import VerifyConfig, verify_artifact
 
@@ -333,7 +384,7 @@ def train(
     optimizer: Annotated[str, typer.Option(help="adam, adamw or sgd.")] = "adam",
     weight_decay: Annotated[float, typer.Option(help="Weight decay.")] = 0.0,
     input_size: Annotated[
-        int | None, typer.Option(help="Input side [default: the arch's].")
+        int | None, typer.Option(help="Input side \\[default: the arch's].")
     ] = None,
     val_fraction: Annotated[
         float, typer.Option(help="Validation share when there is no train/ + val/.")
@@ -431,10 +482,11 @@ def bench(
         typer.Option(help="onnxruntime provider; torch backends run on the matching device."),
     ] = Provider.CPU,
     backend: Annotated[
-        list[str] | None,
+        list[BenchBackend] | None,
         typer.Option(
-            help="eager, torchscript, torchscript-opt, onnxruntime, compile, openvino-f32, "
-            "openvino-default (repeatable) [default: the first four]."
+            help="Backend to measure (repeatable) \\[default: eager, torchscript, "
+            "torchscript-opt, onnxruntime].",
+            show_default=False,
         ),
     ] = None,
     peers: Annotated[
@@ -445,12 +497,12 @@ def bench(
     ] = False,
     batch_sizes: Annotated[
         str | None,
-        typer.Option(help="Comma-separated [default: 1,2,4,8,16 on CPU; 1..256 on GPU]."),
+        typer.Option(help="Comma-separated \\[default: 1,2,4,8,16 on CPU; 1..256 on GPU]."),
     ] = None,
     checkpoint: Annotated[
         Path | None, typer.Option(help="Weights for an architecture name.")
     ] = None,
-    threads: Annotated[int | None, typer.Option(help="CPU threads [default: all cores].")] = None,
+    threads: Annotated[int | None, typer.Option(help="CPU threads \\[default: all cores].")] = None,
     warmup: Annotated[int, typer.Option(help="Warm-up calls per batch size.")] = 3,
     min_iters: Annotated[int, typer.Option(help="Minimum timed calls.")] = 10,
     min_time: Annotated[float, typer.Option(help="Minimum seconds of timed calls.")] = 1.0,
@@ -473,7 +525,7 @@ def bench(
         "benchmarks/results"
     ),
     name: Annotated[
-        str | None, typer.Option(help="Result file stem [default: <model>-<provider>-<time>].")
+        str | None, typer.Option(help="Result file stem \\[default: <model>-<provider>-<time>].")
     ] = None,
     overhead: Annotated[bool, typer.Option(help="Measure harness overhead vs a bare loop.")] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
@@ -483,21 +535,23 @@ def bench(
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
-    from resnext_deploy.bench.harness import BenchConfig, Timing
-    from resnext_deploy.bench.report import write_reports
-    from resnext_deploy.bench.run import run_benchmark
+    from resnext_deploy.bench.backends import DEFAULT_BACKENDS, PEER_BACKENDS
+    from resnext_deploy.bench.files import write_reports
+    from resnext_deploy.bench.run import BenchConfig, run_benchmark
+    from resnext_deploy.fileio import check_writable_dir
     from resnext_deploy.render import print_bench
     from resnext_deploy.runtime.providers import CudaOptions
+    from resnext_deploy.timing import Timing
 
-    kinds = tuple(backend or ("eager", "torchscript", "torchscript-opt", "onnxruntime"))
+    kinds = tuple(backend or DEFAULT_BACKENDS)
     if peers:
-        kinds += tuple(k for k in ("compile", "openvino-f32", "openvino-default") if k not in kinds)
+        kinds += tuple(k for k in PEER_BACKENDS if k not in kinds)
     config = BenchConfig(
         backends=kinds,
         batch_sizes=parse_ints(batch_sizes, "--batch-sizes") if batch_sizes else None,
         provider=provider,
         threads=threads,
-        timing=Timing(warmup, min_iters, min_time, max_time_s=max_time),
+        timing=Timing(warmup=warmup, min_iters=min_iters, min_time_s=min_time, max_time_s=max_time),
         cuda=CudaOptions(
             cudnn_conv_algo_search=algo_search,
             cudnn_conv_use_max_workspace=max_workspace,
@@ -507,7 +561,9 @@ def bench(
         ),
         tune=tune,
         measure_overhead=overhead,
+        command=command_line(),
     )
+    check_writable_dir(out_dir, "--out folder")  # before minutes of measuring, not after
     steps = len(config.resolved_batch_sizes()) * (len(kinds) + (5 if tune else 0))
     with Progress(
         "[progress.description]{task.description}",
@@ -524,14 +580,12 @@ def bench(
             bar.update(task, description=step, advance=1 if measuring else 0)
 
         report = run_benchmark(model, config, checkpoint, progress)
-    data = report.to_dict()
-    data["config"]["command"] = "resnext-deploy " + " ".join(sys.argv[1:])
     stem = name or f"{Path(model).name}-{provider.value}-{datetime.now():%Y%m%d-%H%M%S}"
-    paths = write_reports(data, out_dir, stem)
+    paths = write_reports(report, out_dir, stem)
     if as_json:
-        emit_json(data)
+        sys.stdout.write(report.to_json() + "\n")
     else:
-        print_bench(out, data)
+        print_bench(out, report)
         out.print("written: " + ", ".join(str(p) for p in paths.values()))
 
 
@@ -546,7 +600,8 @@ def compare(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Median latency change per backend and batch size; exit 1 if anything regressed."""
-    from resnext_deploy.bench.report import compare_reports, load_report
+    from resnext_deploy.bench.compare import compare_reports
+    from resnext_deploy.bench.report import load_report
     from resnext_deploy.render import print_comparison
 
     changes = compare_reports(load_report(old), load_report(new), threshold)
@@ -580,7 +635,7 @@ def triton(
     out_dir: Annotated[Path, typer.Option("--out", help="Model repository to create.")] = Path(
         "triton-models"
     ),
-    name: Annotated[str | None, typer.Option(help="Model name [default: the arch].")] = None,
+    name: Annotated[str | None, typer.Option(help="Model name \\[default: the arch].")] = None,
     variant: Annotated[str, typer.Option(help="fp32, fp16, int8 or preprocess.")] = "fp32",
     max_batch_size: Annotated[int, typer.Option(help="Triton max_batch_size.")] = 32,
     preferred: Annotated[str | None, typer.Option(help="Preferred batch sizes, e.g. 8,16.")] = None,
@@ -601,21 +656,22 @@ def triton(
     force: Annotated[bool, typer.Option(help="Replace an existing repository.")] = False,
 ) -> None:
     """Write a Triton Inference Server model repository (onnxruntime backend) for an export."""
-    from resnext_deploy.export.triton import TritonConfig, preferred_from_bench, write_repository
+    from resnext_deploy.bench.report import load_report
+    from resnext_deploy.export.triton import TritonConfig, write_repository
     from resnext_deploy.runtime.providers import CudaOptions
 
     sizes: tuple[int, ...] = parse_ints(preferred, "--preferred") if preferred else ()
     if bench_report is not None:
-        sizes = preferred_from_bench(bench_report, max_batch_size)
+        sizes = load_report(bench_report).preferred_batch_sizes(max_batch_size)
     config = TritonConfig(
-        name,
-        variant,
-        max_batch_size,
-        sizes,
-        queue_delay_us,
-        gpu,
-        instances,
-        CudaOptions(cudnn_conv_algo_search=algo_search),
+        model_name=name,
+        variant=variant,
+        max_batch_size=max_batch_size,
+        preferred_batch_sizes=sizes,
+        max_queue_delay_us=queue_delay_us,
+        gpu=gpu,
+        instances=instances,
+        cuda=CudaOptions(cudnn_conv_algo_search=algo_search),
     )
     model_dir = write_repository(export_dir, out_dir, config, overwrite=force)
     out.print((model_dir / "config.pbtxt").read_text(), highlight=False)

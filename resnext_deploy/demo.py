@@ -17,7 +17,7 @@ from rich.console import Console
 from resnext_deploy.errors import ParityError
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class DemoConfig:
     run_dir: Path = Path("runs/demo")
     export_dir: Path = Path("exported/demo-digits")
@@ -41,9 +41,9 @@ class DemoResult:
 def run_demo(config: DemoConfig, console: Console, err: Console) -> DemoResult:
     from PIL import Image
 
-    from resnext_deploy.bench.harness import BenchConfig, Timing
-    from resnext_deploy.bench.report import write_reports
-    from resnext_deploy.bench.run import run_benchmark
+    from resnext_deploy.bench.backends import DEFAULT_BACKENDS, BenchBackend
+    from resnext_deploy.bench.files import write_reports
+    from resnext_deploy.bench.run import BenchConfig, run_benchmark
     from resnext_deploy.export.calibration import CalibrationConfig
     from resnext_deploy.export.pipeline import ExportConfig, export_checkpoint
     from resnext_deploy.export.variants import Precision
@@ -55,6 +55,7 @@ def run_demo(config: DemoConfig, console: Console, err: Console) -> DemoResult:
         print_parity,
         print_predictions,
     )
+    from resnext_deploy.timing import Timing
     from resnext_deploy.train import TrainConfig, evaluate, train
     from resnext_deploy.verify import VerifyConfig
 
@@ -93,12 +94,12 @@ def run_demo(config: DemoConfig, console: Console, err: Console) -> DemoResult:
             trained.checkpoint,
             LoadOptions(),
             ExportConfig(
-                config.export_dir,
+                out_dir=config.export_dir,
                 overwrite=True,
                 verify=VerifyConfig(batch_sizes=(1, 2, 3, 8), images=(samples_dir,)),
                 precisions=tuple(Precision),
                 embed_preprocess=True,
-                calibration=CalibrationConfig("digits"),
+                calibration=CalibrationConfig(source="digits"),
             ),
         )
     print_parity(console, exported.parity)
@@ -140,22 +141,18 @@ def run_demo(config: DemoConfig, console: Console, err: Console) -> DemoResult:
             str(exported.out_dir),
             BenchConfig(
                 backends=(
-                    "eager",
-                    "torchscript",
-                    "torchscript-opt",
-                    "onnxruntime",
-                    "onnxruntime-fp16",
-                    "onnxruntime-int8",
+                    *DEFAULT_BACKENDS,
+                    BenchBackend.ONNXRUNTIME_FP16,
+                    BenchBackend.ONNXRUNTIME_INT8,
                 ),
                 batch_sizes=config.bench_batch_sizes,
                 measure_overhead=False,
                 timing=Timing(warmup=3, min_iters=20, min_time_s=0.5),
+                command="resnext-deploy demo",
             ),
         )
-    data = report.to_dict()
-    data["config"]["command"] = "resnext-deploy demo"
-    files = write_reports(data, config.run_dir / "bench", "demo-cpu")
-    print_bench(console, data)
+    files = write_reports(report, config.run_dir / "bench", "demo-cpu")
+    print_bench(console, report)
 
     step(5, "Classify a few held-out images with the torch-free predictor")
     picks = sorted(samples_dir.iterdir())[: config.samples]

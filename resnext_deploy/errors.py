@@ -55,3 +55,7 @@ class DataError(DeployError):
 
 class BenchmarkError(DeployError):
     """A benchmark could not run or its result files cannot be read."""
+
+
+class ServeError(DeployError):
+    """A model server could not start, deploy or shut down."""

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
+from resnext_deploy.artifact import ONNX_FILE
 from resnext_deploy.errors import ArtifactError
 from resnext_deploy.spec import SPEC_KEY
 
@@ -40,7 +41,7 @@ def inspect_file(path: str | Path) -> ModelInfo:
     """Describe an ``.onnx`` or TorchScript ``.pt`` file, or an export directory's ONNX file."""
     path = Path(path)
     if path.is_dir():
-        path = path / "model.onnx"
+        path = path / ONNX_FILE
     if not path.is_file():
         raise ArtifactError(f"no such file: {path}")
     if path.suffix == ".onnx":
@@ -93,7 +94,9 @@ def _inspect_onnx(path: Path) -> ModelInfo:
 
 
 def _inspect_torchscript(path: Path) -> ModelInfo:
-    from resnext_deploy.export.torchscript import SPEC_EXTRA, VERSIONS_EXTRA, load_torchscript
+    from resnext_deploy.artifact import TORCHSCRIPT_SPEC_EXTRA as SPEC_EXTRA
+    from resnext_deploy.artifact import TORCHSCRIPT_VERSIONS_EXTRA as VERSIONS_EXTRA
+    from resnext_deploy.runtime.torch_runners import load_torchscript
 
     module, extra = load_torchscript(path)
     graph = module.inlined_graph if hasattr(module, "inlined_graph") else module.graph

@@ -19,26 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from resnext_deploy.artifact import Tolerance
 from resnext_deploy.runtime.base import Runner
-
-
-@dataclass(frozen=True)
-class Tolerance:
-    """Pass criteria; the defaults are for fp32 backends."""
-
-    max_rel: float = 1e-4
-    tie_margin: float = 1e-3
-    min_cosine: float = 0.99999
-    min_top1: float = 1.0
-
-
-FP32 = Tolerance()
-# fp16 keeps ~3 decimal digits: errors of 1e-3 of the logit range are expected, and classes whose
-# logits are that close may swap.
-FP16 = Tolerance(max_rel=1e-2, tie_margin=5e-2, min_cosine=0.9995, min_top1=1.0)
-# int8 is judged by its accuracy on real held-out images at export (top-1 agreement gate); here
-# it only has to stay the same function in direction.
-INT8 = Tolerance(max_rel=float("inf"), tie_margin=float("inf"), min_cosine=0.95, min_top1=0.0)
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from resnext_deploy.artifact import ONNX_FILE
 from resnext_deploy.errors import ArtifactError, DataError
 from resnext_deploy.preprocess import list_images, load_image, preprocess
 from resnext_deploy.runtime.ort import OrtRunner
@@ -54,7 +55,7 @@ class Classifier:
     def __init__(self, model: str | Path, session: SessionConfig = SessionConfig()) -> None:
         model = Path(model)
         if model.is_dir():
-            model = model / "model.onnx"
+            model = model / ONNX_FILE
         if not model.is_file():
             raise ArtifactError(f"ONNX model not found: {model}")
         self.runner = OrtRunner(model, session)
@@ -70,18 +71,24 @@ class Classifier:
     def classify(
         self, images: list[np.ndarray], names: list[str], top_k: int = 5
     ) -> list[Prediction]:
-        probs = self.probabilities(images)
-        k = min(top_k, probs.shape[1])
-        order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
-        return [
-            Prediction(
-                name,
-                tuple(self.labels[i] for i in row),
-                tuple(int(i) for i in row),
-                tuple(float(p[i]) for i in row),
-            )
-            for name, row, p in zip(names, order, probs, strict=True)
-        ]
+        return top_predictions(self.probabilities(images), self.labels, names, top_k)
+
+
+def top_predictions(
+    probs: np.ndarray, labels: list[str], names: list[str], top_k: int = 5
+) -> list[Prediction]:
+    """The ``top_k`` classes of each row of ``probs`` (ties keep the lower index first)."""
+    k = min(top_k, probs.shape[1])
+    order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    return [
+        Prediction(
+            name,
+            tuple(labels[i] for i in row),
+            tuple(int(i) for i in row),
+            tuple(float(p[i]) for i in row),
+        )
+        for name, row, p in zip(names, order, probs, strict=True)
+    ]
 
 
 def predict_paths(

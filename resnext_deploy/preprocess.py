@@ -26,19 +26,41 @@ def load_image(path: str | Path) -> np.ndarray:
         raise DataError(f"{path}: not a readable image ({type(exc).__name__})") from None
 
 
+def resized_size(width: int, height: int, size: int) -> tuple[int, int]:
+    """``(width, height)`` after torchvision's ``Resize(size)``: the shorter side becomes
+    ``size`` and the longer ``int(size * long / short)`` (truncated, not rounded)."""
+    short, long = min(width, height), max(width, height)
+    if short < 1:
+        raise DataError(f"cannot resize an empty {width}x{height} image")
+    new_long = int(size * long / short)
+    return (size, new_long) if width <= height else (new_long, size)
+
+
+def center_crop(image: np.ndarray, size: int) -> np.ndarray:
+    """torchvision's ``CenterCrop(size)`` on an ``H x W x C`` array: a side shorter than ``size``
+    is zero-padded first (the odd pixel goes right/bottom), and the crop starts at
+    ``int(round((side - size) / 2))`` -- Python's round, half to even."""
+    h, w = image.shape[:2]
+    if h < size or w < size:
+        ph, pw = max(size - h, 0), max(size - w, 0)
+        pad = ((ph // 2, (ph + 1) // 2), (pw // 2, (pw + 1) // 2)) + ((0, 0),) * (image.ndim - 2)
+        image = np.pad(image, pad)
+        h, w = image.shape[:2]
+    top, left = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
+    return np.ascontiguousarray(image[top : top + size, left : left + size])
+
+
 def resize_and_crop(rgb: np.ndarray, spec: ModelSpec) -> np.ndarray:
-    """Resize so the shorter side is ``spec.resize`` (bilinear), centre-crop ``input_size``."""
+    """torchvision's ``Resize(spec.resize)`` + ``CenterCrop(spec.input_size)`` on a PIL image,
+    pixel for pixel: Pillow's bilinear resize (which always antialiases when shrinking), the
+    same output size and the same crop offsets. Returns uint8 ``input_size x input_size x 3``."""
     from PIL import Image
 
     img = Image.fromarray(rgb)
-    w, h = img.size
-    scale = spec.resize / min(w, h)
-    new_w, new_h = max(spec.input_size, round(w * scale)), max(spec.input_size, round(h * scale))
-    if (new_w, new_h) != (w, h):
-        img = img.resize((new_w, new_h), Image.Resampling.BILINEAR)
-    left, top = (new_w - spec.input_size) // 2, (new_h - spec.input_size) // 2
-    img = img.crop((left, top, left + spec.input_size, top + spec.input_size))
-    return np.asarray(img, dtype=np.uint8)
+    size = resized_size(img.width, img.height, spec.resize)
+    if size != img.size:
+        img = img.resize(size, Image.Resampling.BILINEAR)
+    return center_crop(np.asarray(img, dtype=np.uint8), spec.input_size)
 
 
 def normalize(batch_uint8: np.ndarray, spec: ModelSpec) -> np.ndarray:

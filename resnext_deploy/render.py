@@ -7,6 +7,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from resnext_deploy.bench.compare import Change
+from resnext_deploy.bench.report import BenchReport
 from resnext_deploy.inspect_model import ModelInfo
 from resnext_deploy.parity import ParityReport
 
@@ -163,57 +165,60 @@ def print_training(console: Console, result: Any) -> None:
         console.print(f"curves: {result.curves}")
 
 
-def print_bench(console: Console, report: dict[str, Any]) -> None:
+def print_bench(console: Console, report: BenchReport) -> None:
     table = Table(
-        title=f"{report['arch']} {report['input_size']}px on {report['provider']}, "
-        f"{report['threads']} threads: latency per call"
+        title=f"{report.arch} {report.input_size}px on {report.provider}, "
+        f"{report.threads} threads: latency per call"
     )
-    for col in ("backend", "batch", "p50 ms", "p90 ms", "img/s", "x eager", "1st ms"):
+    has_e2e = any(m.end_to_end for m in report.results)
+    cols = ["backend", "batch", "p50 ms", "p90 ms", "img/s", "x eager"]
+    cols += ["e2e p50 ms"] if has_e2e else []
+    for col in [*cols, "1st ms"]:
         table.add_column(col, justify="left" if col == "backend" else "right", no_wrap=True)
     failed = []
-    for r in report["results"]:  # batch-major, backends in the order they ran
-        s = r.get("stats")
-        if not s:
-            failed.append(r)
-            table.add_row(
-                r["backend"], str(r["batch_size"]), f"[red]{r['status']}[/]", "", "", "", ""
-            )
+    for m in report.results:  # batch-major, backends in the order they ran
+        s = m.stats
+        if s is None:
+            failed.append(m)
+            blanks = [""] * (len(cols) - 2)
+            table.add_row(m.backend, str(m.batch_size), f"[red]{m.status.value}[/]", *blanks)
             continue
-        speed = f"{r['speedup_vs_eager']:.2f}" if r.get("speedup_vs_eager") else ""
+        speed = f"{m.speedup_vs_eager:.2f}" if m.speedup_vs_eager else ""
+        e2e = [f"{m.end_to_end.p50_ms:.2f}" if m.end_to_end else ""] if has_e2e else []
         table.add_row(
-            r["backend"],
-            str(r["batch_size"]),
-            f"{s['p50_ms']:.2f}",
-            f"{s['p90_ms']:.2f}",
-            f"{s['images_per_s']:.1f}",
+            m.backend,
+            str(m.batch_size),
+            f"{s.p50_ms:.2f}",
+            f"{s.p90_ms:.2f}",
+            f"{s.images_per_s:.1f}",
             speed,
-            f"{r['first_call_ms']:.0f}",
+            *e2e,
+            f"{m.first_call_ms or 0:.0f}",
         )
     console.print(table)
-    for r in failed:
+    for m in failed:
         console.print(
-            f"[red]{r['backend']} batch {r['batch_size']}: {r['status']}[/] {r.get('error', '')}",
+            f"[red]{m.backend} batch {m.batch_size}: {m.status.value}[/] {m.error}",
             highlight=False,
         )
-    if report.get("overhead"):
-        o = report["overhead"]
+    if report.overhead:
+        o = report.overhead
         console.print(
             f"harness overhead: {o['cost_us']:.2f} us per timed call "
             f"({o['overhead_pct']:.3f}% of {o['bare_ms']:.2f} ms)"
         )
-    if report.get("compute_floor"):
-        f = report["compute_floor"]
+    f = report.compute_floor
+    if f and f.get("floor_ms_per_image") and f.get("efficiency_batch1"):
         console.print(
             f"compute floor {f['floor_ms_per_image']:.1f} ms/image "
             f"({f['gflop_per_image']:.2f} GFLOP at {f['peak_gflops']:.0f} GFLOP/s peak); "
             f"best batch-1 path reaches {f['efficiency_batch1']:.0%} of it"
         )
-    if report.get("tuning"):
-        for b, name in report["tuning"].items():
-            console.print(f"best CUDA configuration at batch {b}: {name}")
+    for b, name in (report.tuning or {}).items():
+        console.print(f"best provider configuration at batch {b}: {name}")
 
 
-def print_comparison(console: Console, changes: list[Any], threshold: float) -> None:
+def print_comparison(console: Console, changes: list[Change], threshold: float) -> None:
     table = Table(title=f"Median latency change (regression: slower by > {threshold:g}%)")
     for col in ("backend", "batch", "old p50 ms", "new p50 ms", "change", ""):
         table.add_column(col, justify="left" if col in ("backend", "") else "right")

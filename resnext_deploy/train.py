@@ -17,7 +17,7 @@ from torch import nn
 
 from resnext_deploy.data import DIGITS, DIGITS_MEAN, DIGITS_STD, Split, load_dataset
 from resnext_deploy.errors import ConfigError
-from resnext_deploy.export.atomic import atomic_write_bytes, save_figure
+from resnext_deploy.fileio import atomic_write_bytes, save_figure
 from resnext_deploy.models.registry import ARCHS, build_model
 from resnext_deploy.preprocess import normalize
 from resnext_deploy.spec import IMAGENET_MEAN, IMAGENET_STD, ModelSpec
@@ -27,7 +27,7 @@ CHECKPOINT_FILE = "best.pth"
 CURVES_FILE = "curves.png"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class TrainConfig:
     data: str = DIGITS
     arch: str = "resnext11_mini"

@@ -2,25 +2,24 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from torch import nn
 
-from resnext_deploy.errors import DataError, ParityError, ProviderUnavailableError, first_line
-from resnext_deploy.export.manifest import ONNX_FILE, TORCHSCRIPT_FILE, WEIGHTS_FILE, Artifact
-from resnext_deploy.export.variants import FP16_FILE, INT8_FILE, PREPROCESS_FILE
-from resnext_deploy.parity import (
-    FP16,
-    FP32,
-    INT8,
-    ParityInput,
-    ParityReport,
+from resnext_deploy.artifact import (
+    FP32_TOLERANCE,
+    TORCHSCRIPT_FILE,
+    WEIGHTS_FILE,
+    Artifact,
     Tolerance,
-    compare,
-    random_inputs,
+    Variant,
 )
+from resnext_deploy.errors import DataError, ParityError, ProviderUnavailableError, first_line
+from resnext_deploy.parity import ParityInput, ParityReport, compare, random_inputs
 from resnext_deploy.preprocess import load_image, normalize, preprocess
 from resnext_deploy.runtime.base import Runner
 from resnext_deploy.runtime.providers import CudaOptions, Provider, SessionConfig
@@ -29,7 +28,7 @@ from resnext_deploy.spec import ModelSpec
 DEFAULT_BATCH_SIZES = (1, 2, 3, 8)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class VerifyConfig:
     """Which inputs to compare on and which providers to include.
 
@@ -42,7 +41,7 @@ class VerifyConfig:
     seed: int = 0
     providers: tuple[Provider, ...] = (Provider.CPU,)
     auto_cuda: bool = True
-    tolerance: Tolerance = field(default_factory=lambda: FP32)
+    tolerance: Tolerance = FP32_TOLERANCE
 
 
 def parity_inputs(spec: ModelSpec, config: VerifyConfig) -> list[ParityInput]:
@@ -63,69 +62,81 @@ def parity_inputs(spec: ModelSpec, config: VerifyConfig) -> list[ParityInput]:
 
 
 def compare_model_with_files(
-    model: nn.Module, spec: ModelSpec, directory: Path, config: VerifyConfig
+    model: nn.Module,
+    spec: ModelSpec,
+    directory: Path,
+    config: VerifyConfig,
+    variants: tuple[Variant, ...] = (Variant.FP32,),
 ) -> ParityReport:
-    """Compare the eager ``model`` with the TorchScript and ONNX files in ``directory``."""
+    """Compare the eager ``model`` with the TorchScript file and the ONNX ``variants`` in
+    ``directory`` (fp32 always; the others each with the tolerance that fits them)."""
     from resnext_deploy.runtime.ort import OrtRunner
     from resnext_deploy.runtime.torch_runners import EagerRunner, TorchScriptRunner
 
-    candidates: list[tuple[Runner, Tolerance]] = [
-        (TorchScriptRunner(directory / TORCHSCRIPT_FILE), config.tolerance),
-        (TorchScriptRunner(directory / TORCHSCRIPT_FILE, optimize=True), config.tolerance),
-    ]
-    skipped: dict[str, str] = {}
-    wanted = list(config.providers)
-    if config.auto_cuda and Provider.CUDA not in wanted:
-        wanted.append(Provider.CUDA)
-    # TF32 (onnxruntime's CUDA default) rounds conv inputs to 10 mantissa bits: fine for serving,
-    # but parity is a statement about fp32, so it is checked with TF32 off.
-    fp32_cuda = CudaOptions(use_tf32=False)
-    for provider in wanted:
-        try:
-            runner = OrtRunner(
-                directory / ONNX_FILE, SessionConfig(provider=provider, cuda=fp32_cuda)
+    with ExitStack() as stack:
+        candidates: list[tuple[Runner, Tolerance]] = []
+
+        def add(runner: Runner, tolerance: Tolerance) -> None:
+            candidates.append((stack.enter_context(runner), tolerance))
+
+        add(TorchScriptRunner(directory / TORCHSCRIPT_FILE), config.tolerance)
+        add(TorchScriptRunner(directory / TORCHSCRIPT_FILE, optimize=True), config.tolerance)
+        skipped: dict[str, str] = {}
+        wanted = list(config.providers)
+        if config.auto_cuda and Provider.CUDA not in wanted:
+            wanted.append(Provider.CUDA)
+        # TF32 (onnxruntime's CUDA default) rounds conv inputs to 10 mantissa bits: fine for
+        # serving, but parity is a statement about fp32, so it is checked with TF32 off.
+        fp32_cuda = CudaOptions(use_tf32=False)
+        for provider in wanted:
+            try:
+                runner = OrtRunner(
+                    directory / Variant.FP32.file, SessionConfig(provider=provider, cuda=fp32_cuda)
+                )
+            except ProviderUnavailableError as exc:
+                if provider in config.providers:
+                    raise
+                skipped[f"onnxruntime-{provider.value}"] = str(exc)
+                continue
+            add(runner, config.tolerance)
+        for runner, tolerance in _variant_runners(directory, variants):
+            add(runner, tolerance)
+        reference = stack.enter_context(EagerRunner(model))
+        report = compare(reference, candidates, parity_inputs(spec, config))
+        if Variant.PREPROCESS in variants:
+            embedded = stack.enter_context(
+                OrtRunner(directory / Variant.PREPROCESS.file, name="onnxruntime-cpu-preproc")
             )
-        except ProviderUnavailableError as exc:
-            if provider in config.providers:
-                raise
-            skipped[f"onnxruntime-{provider.value}"] = str(exc)
-            continue
-        candidates.append((runner, config.tolerance))
-    _add_variants(directory, candidates)
-    reference = EagerRunner(model)
-    inputs = parity_inputs(spec, config)
-    report = compare(reference, candidates, inputs)
-    if (directory / PREPROCESS_FILE).is_file():
-        embedded = OrtRunner(directory / PREPROCESS_FILE, name="onnxruntime-cpu-preproc")
-        uint8 = compare(
-            NormalizingRunner(reference, spec),
-            [(embedded, config.tolerance)],
-            uint8_inputs(spec, config),
-        )
-        report.backends += uint8.backends
-        report.inputs += [f"{name} (uint8 NHWC)" for name in uint8.inputs]
-    report.skipped = skipped
-    for candidate, _ in candidates:
-        candidate.close()
+            uint8 = compare(
+                NormalizingRunner(reference, spec),
+                [(embedded, config.tolerance)],
+                uint8_inputs(spec, config),
+            )
+            report.backends += uint8.backends
+            report.inputs += [f"{name} (uint8 NHWC)" for name in uint8.inputs]
+        report.skipped = skipped
     return report
 
 
-def _add_variants(directory: Path, candidates: list[tuple[Runner, Tolerance]]) -> None:
+def _variant_runners(
+    directory: Path, variants: tuple[Variant, ...]
+) -> Iterator[tuple[Runner, Tolerance]]:
     """fp16 and int8 files, each a backend of its own with the tolerance that fits it."""
     from resnext_deploy.runtime.ort import OrtRunner
 
-    for filename, tolerance, label in ((FP16_FILE, FP16, "fp16"), (INT8_FILE, INT8, "int8")):
-        if not (directory / filename).is_file():
+    for variant in (Variant.FP16, Variant.INT8):
+        if variant not in variants:
             continue
+        label, tolerance = variant.value, variant.tolerance
         try:
-            runner = OrtRunner(directory / filename, name=f"onnxruntime-cpu-{label}")
+            runner = OrtRunner(directory / variant.file, name=f"onnxruntime-cpu{variant.suffix}")
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own Fail types
             # An unverifiable variant is not a verified one: refuse rather than skip.
             raise ParityError(
                 f"the {label} variant cannot run on onnxruntime's CPU provider, so it cannot be "
                 f"verified: {first_line(exc, 200)}"
             ) from None
-        candidates.append((runner, tolerance))
+        yield runner, tolerance
 
 
 class NormalizingRunner(Runner):
@@ -164,4 +175,4 @@ def verify_artifact(artifact: Artifact, config: VerifyConfig = VerifyConfig()) -
     spec = artifact.spec
     model = build_model(spec.architecture(), spec.num_classes)
     model.load_state_dict(read_checkpoint(artifact.file(WEIGHTS_FILE)).state_dict, strict=True)
-    return compare_model_with_files(model, spec, artifact.path, config)
+    return compare_model_with_files(model, spec, artifact.path, config, artifact.variants)

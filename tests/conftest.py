@@ -46,7 +46,9 @@ def tiny_export(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory)
 
     out = tmp_path_factory.mktemp("exports") / "tiny"
     names = tuple(f"c{i}" for i in range(7))
-    export_checkpoint(tiny_checkpoint, LoadOptions(arch=TINY, class_names=names), ExportConfig(out))
+    export_checkpoint(
+        tiny_checkpoint, LoadOptions(arch=TINY, class_names=names), ExportConfig(out_dir=out)
+    )
     return out
 
 
@@ -60,24 +62,33 @@ def digits_run(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
     out = tmp_path_factory.mktemp("digits")
     config = TrainConfig(data="digits", out_dir=out / "train", epochs=3, input_size=16, lr=2e-3)
     result = train(config)
-    export = export_checkpoint(result.checkpoint, LoadOptions(), ExportConfig(out / "export"))
+    export = export_checkpoint(
+        result.checkpoint, LoadOptions(), ExportConfig(out_dir=out / "export")
+    )
     return result, export
 
 
 def has_cuda() -> bool:
-    """True only when onnxruntime can really start its CUDA provider here."""
-    from resnext_deploy.errors import ProviderUnavailableError
-    from resnext_deploy.runtime.providers import Provider, check_provider
+    """True when this machine has an NVIDIA GPU: a ``/dev/nvidia<N>`` device node exists and the
+    driver library ``libcuda.so.1`` loads.
 
+    Decided without the code under test (onnxruntime, the provider guard), so that a broken guard
+    makes the GPU tests or the no-GPU tests fail; it can never make both halves skip.
+    """
+    import ctypes
+    import glob
+
+    if not glob.glob("/dev/nvidia[0-9]*"):
+        return False
     try:
-        check_provider(Provider.CUDA)
-    except ProviderUnavailableError:
+        ctypes.CDLL("libcuda.so.1")
+    except OSError:
         return False
     return True
 
 
 @pytest.fixture(scope="session")
 def cuda_or_skip() -> None:
-    """Skip GPU-only tests, with the reason, on machines where the CUDA provider cannot start."""
+    """Skip GPU-only tests, with the reason, on machines without an NVIDIA GPU."""
     if not has_cuda():
-        pytest.skip("no usable CUDA GPU: onnxruntime's CUDA provider cannot start on this machine")
+        pytest.skip("no NVIDIA GPU here (no /dev/nvidia<N> device node or no libcuda.so.1)")

@@ -2,7 +2,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from resnext_deploy.parity import ParityInput, Tolerance, compare
+from resnext_deploy.artifact import Tolerance
+from resnext_deploy.parity import ParityInput, compare
 from resnext_deploy.runtime.base import Runner
 
 
@@ -68,3 +69,16 @@ def test_a_real_top1_flip_fails_but_a_tie_may_flip() -> None:
     flipped = FixedRunner("cand", lambda b: tied(b)[:, ::-1].copy())
     res = compare(ref, [(flipped, Tolerance())], INPUTS).backends[0]
     assert res.top1 == 0.0 and res.top1_true_mismatches == 0 and res.passed
+
+
+def test_one_failing_backend_fails_the_report_among_passing_ones() -> None:
+    candidates = [
+        (FixedRunner("good-1", logits), Tolerance()),
+        (FixedRunner("bad", lambda b: logits(b) * np.float32(1.5)), Tolerance()),
+        (FixedRunner("good-2", logits), Tolerance()),
+    ]
+    report = compare(REF, candidates, INPUTS)
+    assert [b.passed for b in report.backends] == [True, False, True]
+    assert not report.passed and not bool(report) and report.to_dict()["passed"] is False
+    # Only when every backend passes does the report pass.
+    assert compare(REF, [candidates[0], candidates[2]], INPUTS).passed

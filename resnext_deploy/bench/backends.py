@@ -1,306 +1,157 @@
-"""Backends the benchmark can time, each behind one small interface.
+"""The backends ``bench`` can time, as names, and the factory that builds their runners.
 
-A backend is built once, then ``bind(batch)`` returns a zero-argument callable that runs one
-inference on that pre-bound batch. The harness times only that call followed by ``sync()``, so
-input preparation and device placement stay outside the measured region. Backends never time
-themselves.
+Every backend is a runner of the one runtime family (:mod:`resnext_deploy.runtime`); the
+benchmark only chooses which runners to build, with what options, on which files of an export.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from resnext_deploy.artifact import TORCHSCRIPT_FILE, Variant
+from resnext_deploy.errors import ConfigError
+from resnext_deploy.runtime.base import Runner
+from resnext_deploy.runtime.providers import (
+    CudaOptions,
+    Provider,
+    SessionConfig,
+    TensorRTOptions,
+)
 
-from resnext_deploy.errors import BenchmarkError, ConfigError
-from resnext_deploy.runtime.providers import CudaOptions, Provider, SessionConfig, create_session
 
-Call = Callable[[], Any]
+class BenchBackend(StrEnum):
+    EAGER = "eager"
+    EAGER_AMP = "eager-amp"
+    TORCHSCRIPT = "torchscript"
+    TORCHSCRIPT_OPT = "torchscript-opt"
+    ONNXRUNTIME = "onnxruntime"
+    ONNXRUNTIME_FP16 = "onnxruntime-fp16"
+    ONNXRUNTIME_INT8 = "onnxruntime-int8"
+    COMPILE = "compile"
+    OPENVINO_F32 = "openvino-f32"
+    OPENVINO_DEFAULT = "openvino-default"
 
-CORE_BACKENDS = ("eager", "torchscript", "torchscript-opt", "onnxruntime")
-VARIANT_BACKENDS = ("onnxruntime-fp16", "onnxruntime-int8")  # need an export with the variant
-PEER_BACKENDS = ("compile", "openvino-f32", "openvino-default")
-ALL_BACKENDS = CORE_BACKENDS + VARIANT_BACKENDS + PEER_BACKENDS
+    @property
+    def variant(self) -> Variant | None:
+        """The ONNX variant an onnxruntime backend runs; ``None`` for the others."""
+        return {
+            BenchBackend.ONNXRUNTIME: Variant.FP32,
+            BenchBackend.ONNXRUNTIME_FP16: Variant.FP16,
+            BenchBackend.ONNXRUNTIME_INT8: Variant.INT8,
+        }.get(self)
+
+
+DEFAULT_BACKENDS = (
+    BenchBackend.EAGER,
+    BenchBackend.TORCHSCRIPT,
+    BenchBackend.TORCHSCRIPT_OPT,
+    BenchBackend.ONNXRUNTIME,
+)
+PEER_BACKENDS = (BenchBackend.COMPILE, BenchBackend.OPENVINO_F32, BenchBackend.OPENVINO_DEFAULT)
+CPU_ONLY_BACKENDS = (*PEER_BACKENDS,)
+GPU_ONLY_BACKENDS = (BenchBackend.EAGER_AMP,)
+
+
+@dataclass(frozen=True, kw_only=True)
+class BackendContext:
+    """What every backend may need: the eager model, the export directory, provider, threads."""
+
+    model: Any
+    export_dir: Path
+    provider: Provider = Provider.CPU
+    threads: int = 1
+    cuda: CudaOptions = field(default_factory=CudaOptions)
+    tensorrt: TensorRTOptions = field(default_factory=TensorRTOptions)
+
+    @property
+    def device(self) -> str:
+        return "cpu" if self.provider is Provider.CPU else "cuda"
+
+    def session_config(self, cuda: CudaOptions | None = None) -> SessionConfig:
+        return SessionConfig(
+            provider=self.provider,
+            cuda=cuda or self.cuda,
+            tensorrt=self.tensorrt,
+            intra_op_threads=self.threads,
+        )
 
 
 @dataclass(frozen=True)
-class BackendContext:
-    """What every backend may need: the eager model, the exported files, provider and threads."""
+class BackendSpec:
+    """A backend to measure: its report name and how to build its runner (built lazily, so that
+    on a GPU only one backend's memory is alive at a time)."""
 
-    model: Any
-    onnx_path: Path
-    torchscript_path: Path
-    provider: Provider
-    threads: int
-    cuda: CudaOptions = field(default_factory=CudaOptions)
+    name: str
+    build: Callable[[], Runner]
 
 
-class Backend:
-    name = "backend"
-    device = "cpu"
-
-    def bind(self, batch: np.ndarray) -> Call:
-        raise NotImplementedError
-
-    def bind_end_to_end(self, batch: np.ndarray) -> Call | None:
-        """A call that includes host<->device copies, where those exist (``None`` on CPU)."""
-        return None
-
-    def sync(self) -> None:
-        """Wait for queued device work; a no-op on the CPU."""
-
-    def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "device": self.device}
-
-    def device_memory_mb(self) -> float | None:
-        return None
-
-    def close(self) -> None:
-        """Release sessions and modules."""
-
-
-class TorchBackend(Backend):
-    """Eager, TorchScript (frozen) or TorchScript + ``optimize_for_inference`` (applied after
-    loading; the only order that round-trips in torch 2.14)."""
-
-    def __init__(self, kind: str, ctx: BackendContext) -> None:
-        import torch
-
-        from resnext_deploy.export.torchscript import load_torchscript
-
-        self.torch = torch
-        self.name = {
-            "eager": "torch-eager",
-            "torchscript": "torchscript",
-            "torchscript-opt": "torchscript-optimized",
-        }[kind]
-        self.device = "cuda" if ctx.provider is not Provider.CPU else "cpu"
-        if self.device == "cuda" and not torch.cuda.is_available():
-            raise BenchmarkError(
-                "PyTorch sees no CUDA device; cannot run the torch backends on GPU"
-            )
-        if kind == "eager":
-            self.module = ctx.model.eval().to(self.device)
-        else:
-            self.module, _ = load_torchscript(ctx.torchscript_path, optimize=kind.endswith("opt"))
-            self.module = self.module.to(self.device)
-
-    def bind(self, batch: np.ndarray) -> Call:
-        x = self.torch.from_numpy(batch).to(self.device)
-        module, torch = self.module, self.torch
-
-        def call() -> Any:
-            with torch.inference_mode():
-                return module(x)
-
-        return call
-
-    def bind_end_to_end(self, batch: np.ndarray) -> Call | None:
-        if self.device == "cpu":
-            return None
-        module, torch, device = self.module, self.torch, self.device
-
-        def call() -> Any:
-            with torch.inference_mode():
-                return module(torch.from_numpy(batch).to(device)).cpu()
-
-        return call
-
-    def sync(self) -> None:
-        if self.device == "cuda":
-            self.torch.cuda.synchronize()
-
-    def device_memory_mb(self) -> float | None:
-        if self.device != "cuda":
-            return None
-        return self.torch.cuda.max_memory_allocated() / 2**20
-
-    def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "device": self.device, "threads": self.torch.get_num_threads()}
-
-
-class OrtBackend(Backend):
-    """onnxruntime on the requested provider (guarded: never a silent CPU run).
-
-    On CUDA the input and output live on the device through IO binding, so the timed call is the
-    device work alone; :meth:`bind_end_to_end` gives the figure with host<->device copies. With
-    CUDA graphs enabled, each batch size gets its own session (graphs need fixed shapes).
-    """
-
-    def __init__(
-        self,
-        ctx: BackendContext,
-        cuda: CudaOptions | None = None,
-        name: str | None = None,
-        model_path: Path | None = None,
-    ) -> None:
-        self.ctx = ctx
-        self.model_path = model_path or ctx.onnx_path
-        self.cuda = cuda or ctx.cuda
-        self.config = SessionConfig(
-            provider=ctx.provider, cuda=self.cuda, intra_op_threads=ctx.threads
-        )
-        self.session = create_session(self.model_path, self.config)
-        self.device = "cpu" if ctx.provider is Provider.CPU else "cuda"
-        self.name = name or f"onnxruntime-{ctx.provider.value}"
-        self.input_name = self.session.get_inputs()[0].name
-        self.output_name = self.session.get_outputs()[0].name
-        self._binding: Any = None
-
-    def bind(self, batch: np.ndarray) -> Call:
-        session, inp, out = self.session, self.input_name, self.output_name
-        if self.device == "cpu":
-            return lambda: session.run([out], {inp: batch})
-        import onnxruntime as ort
-
-        if self.cuda.enable_cuda_graph:  # one session per shape: graphs are captured per shape
-            session = create_session(self.model_path, self.config)
-        device_id = self.cuda.device_id
-        x = ort.OrtValue.ortvalue_from_numpy(batch, "cuda", device_id)
-        binding = session.io_binding()
-        binding.bind_ortvalue_input(inp, x)
-        binding.bind_output(out, "cuda", device_id)
-        binding.synchronize_inputs()
-        self._binding = binding
-        return lambda: session.run_with_iobinding(binding)
-
-    def bind_end_to_end(self, batch: np.ndarray) -> Call | None:
-        if self.device == "cpu":
-            return None
-        session, inp, out = self.session, self.input_name, self.output_name
-        return lambda: session.run([out], {inp: batch})
-
-    def sync(self) -> None:
-        if self._binding is not None:
-            self._binding.synchronize_outputs()
-
-    def device_memory_mb(self) -> float | None:
-        return _cuda_used_mb() if self.device == "cuda" else None
-
-    def describe(self) -> dict[str, Any]:
-        info = {
-            "name": self.name,
-            "device": self.device,
-            "providers": self.session.get_providers(),
-            "intra_op_threads": self.ctx.threads,
-        }
-        if self.device == "cuda":
-            info["cuda_options"] = self.cuda.to_ort()
-        return info
-
-    def close(self) -> None:
-        self.session = None
-        self._binding = None
-
-
-class CompileBackend(Backend):
-    """``torch.compile`` (inductor) with freezing. ``options={"freezing": True}`` is silently
-    ignored in torch 2.14.1, so the inductor config is patched around every call instead."""
-
-    name = "torch-compile"
-
-    def __init__(self, ctx: BackendContext) -> None:
-        import torch
-        import torch._inductor.config as inductor_config
-
-        if ctx.provider is not Provider.CPU:
-            raise ConfigError("the torch.compile peer is measured on the CPU only")
-        self.torch, self.inductor_config = torch, inductor_config
-        torch._dynamo.reset()  # a previous compiled wrapper must not hand us its graphs
-        self.compiled = torch.compile(ctx.model.eval(), backend="inductor", dynamic=False)
-
-    def bind(self, batch: np.ndarray) -> Call:
-        x = self.torch.from_numpy(batch)
-        torch, compiled, config = self.torch, self.compiled, self.inductor_config
-
-        def call() -> Any:
-            with config.patch(freezing=True), torch.inference_mode():
-                return compiled(x)
-
-        return call
-
-
-class OpenVinoBackend(Backend):
-    """OpenVINO on the CPU, compiled per batch size (static shapes). ``f32`` asks for
-    ``INFERENCE_PRECISION_HINT=f32``; ``default`` lets OpenVINO choose (bf16 on CPUs with
-    avx512_bf16, which is slower and less accurate here)."""
-
-    def __init__(self, ctx: BackendContext, precision: str) -> None:
-        try:
-            import openvino as ov
-        except ImportError:
-            raise ConfigError(
-                "the OpenVINO peer needs the optional package: pip install 'resnext-deploy[peers]'"
-            ) from None
-        if ctx.provider is not Provider.CPU:
-            raise ConfigError("the OpenVINO peer is measured on the CPU only")
-        self.ov, self.ctx, self.precision = ov, ctx, precision
-        self.core = ov.Core()
-        self.name = f"openvino-{precision}"
-        self.config: dict[str, Any] = {
-            "PERFORMANCE_HINT": "LATENCY",
-            "INFERENCE_NUM_THREADS": ctx.threads,
-        }
-        if precision == "f32":
-            self.config["INFERENCE_PRECISION_HINT"] = "f32"
-
-    def bind(self, batch: np.ndarray) -> Call:
-        model = self.core.read_model(str(self.ctx.onnx_path))
-        model.reshape({model.inputs[0].any_name: list(batch.shape)})
-        compiled = self.core.compile_model(model, "CPU", self.config)
-        request = compiled.create_infer_request()
-        request.set_input_tensor(self.ov.Tensor(batch))
-        self.compiled = compiled
-        return lambda: request.infer()
-
-    def describe(self) -> dict[str, Any]:
-        info: dict[str, Any] = {"name": self.name, "device": "cpu", "config": self.config}
-        if getattr(self, "compiled", None) is not None:
-            info["inference_precision"] = str(
-                self.compiled.get_property("INFERENCE_PRECISION_HINT")
-            )
-        return info
-
-
-def build_backend(kind: str, ctx: BackendContext) -> Backend:
-    """Construct a backend by name; raises :class:`ConfigError` for an unknown one."""
-    if kind in ("eager", "torchscript", "torchscript-opt"):
-        return TorchBackend(kind, ctx)
-    if kind == "onnxruntime":
-        return OrtBackend(ctx)
-    if kind in VARIANT_BACKENDS:
-        from resnext_deploy.export.variants import FP16_FILE, INT8_FILE
-
-        precision = kind.rsplit("-", 1)[1]
-        path = ctx.onnx_path.parent / (FP16_FILE if precision == "fp16" else INT8_FILE)
+def backend_spec(kind: BenchBackend, ctx: BackendContext) -> BackendSpec:
+    """How to build ``kind``; raises :class:`ConfigError` for a backend this context cannot run."""
+    if kind in CPU_ONLY_BACKENDS and ctx.provider is not Provider.CPU:
+        raise ConfigError(f"backend {kind.value} is measured on the CPU only")
+    if kind in GPU_ONLY_BACKENDS and ctx.provider is Provider.CPU:
+        raise ConfigError(f"backend {kind.value} needs a CUDA device")
+    variant = kind.variant
+    if variant is not None:
+        path = ctx.export_dir / variant.file
         if not path.is_file():
             raise ConfigError(
-                f"backend {kind} needs an export with the {precision} variant "
-                f"(export --precision {precision}); {path} is missing"
+                f"backend {kind.value} needs an export with the {variant.value} variant; "
+                f"{path} is missing"
             )
-        return OrtBackend(
-            ctx, name=f"onnxruntime-{ctx.provider.value}-{precision}", model_path=path
+        name = f"onnxruntime-{ctx.provider.value}{variant.suffix}"
+        config = ctx.session_config()
+        return BackendSpec(name, lambda: _ort(path, config, name))
+    return BackendSpec(_NAMES[kind], lambda: _torch_or_peer(kind, ctx))
+
+
+def tuning_specs(ctx: BackendContext, variants: dict[str, CudaOptions]) -> list[BackendSpec]:
+    """The fp32 onnxruntime backend once per provider-option variant, named by the provider it
+    really runs on (``onnxruntime-tensorrt[...]`` for TensorRT)."""
+    path = ctx.export_dir / Variant.FP32.file
+    specs = []
+    for label, options in variants.items():
+        name = f"onnxruntime-{ctx.provider.value}[{label}]"
+        config = ctx.session_config(options)
+        specs.append(BackendSpec(name, lambda c=config, n=name: _ort(path, c, n)))
+    return specs
+
+
+_NAMES = {
+    BenchBackend.EAGER: "torch-eager",
+    BenchBackend.EAGER_AMP: "torch-eager-amp",
+    BenchBackend.TORCHSCRIPT: "torchscript",
+    BenchBackend.TORCHSCRIPT_OPT: "torchscript-optimized",
+    BenchBackend.COMPILE: "torch-compile",
+    BenchBackend.OPENVINO_F32: "openvino-f32",
+    BenchBackend.OPENVINO_DEFAULT: "openvino-default",
+}
+
+
+def _ort(path: Path, config: SessionConfig, name: str) -> Runner:
+    from resnext_deploy.runtime.ort import OrtRunner
+
+    return OrtRunner(path, config, name=name)
+
+
+def _torch_or_peer(kind: BenchBackend, ctx: BackendContext) -> Runner:
+    from resnext_deploy.runtime.torch_runners import EagerRunner, TorchScriptRunner
+
+    if kind in (BenchBackend.EAGER, BenchBackend.EAGER_AMP):
+        return EagerRunner(ctx.model, device=ctx.device, amp=kind is BenchBackend.EAGER_AMP)
+    if kind in (BenchBackend.TORCHSCRIPT, BenchBackend.TORCHSCRIPT_OPT):
+        return TorchScriptRunner(
+            ctx.export_dir / TORCHSCRIPT_FILE,
+            optimize=kind is BenchBackend.TORCHSCRIPT_OPT,
+            device=ctx.device,
         )
-    if kind == "compile":
-        return CompileBackend(ctx)
-    if kind in ("openvino-f32", "openvino-default"):
-        return OpenVinoBackend(ctx, kind.split("-", 1)[1])
-    raise ConfigError(f"unknown backend {kind!r}; choose from: {', '.join(ALL_BACKENDS)}")
+    from resnext_deploy.runtime.peers import CompileRunner, OpenVinoRunner
 
-
-def _cuda_used_mb() -> float | None:
-    try:
-        import torch
-
-        free, total = torch.cuda.mem_get_info()
-    except Exception:  # noqa: BLE001 - no torch CUDA runtime: the figure is simply unknown
-        return None
-    return (total - free) / 2**20
-
-
-def default_threads() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if kind is BenchBackend.COMPILE:
+        return CompileRunner(ctx.model)
+    precision = "f32" if kind is BenchBackend.OPENVINO_F32 else "default"
+    return OpenVinoRunner(ctx.export_dir / Variant.FP32.file, precision, ctx.threads)

@@ -1,29 +1,28 @@
-"""Sweep backends x batch sizes; warm up, time, summarise, stop cleanly at out-of-memory."""
+"""Sweep backends x batch sizes: warm up, time, check the outputs, stop cleanly at out-of-memory.
+
+On the CPU every runner stays alive and backends are interleaved within a batch size, so that
+they see the same machine state. On a GPU one runner is alive at a time (backend by backend), so
+that an out-of-memory is the measured backend's own and its memory figure is its own.
+"""
 
 from __future__ import annotations
 
 import resource
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field, replace
+from enum import StrEnum
 from typing import Any
 
 import numpy as np
 
-from resnext_deploy.bench.backends import (
-    Backend,
-    BackendContext,
-    Call,
-    OrtBackend,
-    build_backend,
-    default_threads,
-)
-from resnext_deploy.bench.stats import LatencyStats, summarize
-from resnext_deploy.errors import ConfigError, first_line
-from resnext_deploy.runtime.providers import CudaOptions, Provider
+from resnext_deploy.bench.backends import BackendSpec
+from resnext_deploy.errors import first_line
+from resnext_deploy.runtime.base import Runner
+from resnext_deploy.runtime.providers import CudaOptions
+from resnext_deploy.timing import LatencyStats, Timing, measure
 
-CPU_BATCH_SIZES = (1, 2, 4, 8, 16)
-GPU_BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 OOM_MARKERS = (
     "out of memory",
     "failed to allocate memory",
@@ -33,52 +32,25 @@ OOM_MARKERS = (
 )
 
 
-@dataclass(frozen=True)
-class Timing:
-    """How long to measure each (backend, batch size): warm-up calls, then at least ``min_iters``
-    calls and ``min_time_s`` seconds, at most ``max_iters`` calls or ``max_time_s`` seconds."""
-
-    warmup: int = 3
-    min_iters: int = 10
-    min_time_s: float = 1.0
-    max_iters: int = 2000
-    max_time_s: float = 20.0
-
-    def __post_init__(self) -> None:
-        if self.min_iters < 1 or self.warmup < 0 or self.max_iters < self.min_iters:
-            raise ConfigError("need warmup >= 0 and 1 <= min_iters <= max_iters")
+class Status(StrEnum):
+    OK = "ok"
+    OOM = "oom"
+    ERROR = "error"
+    SKIPPED = "skipped"
 
 
-@dataclass(frozen=True)
-class BenchConfig:
-    backends: tuple[str, ...] = ("eager", "torchscript", "torchscript-opt", "onnxruntime")
-    batch_sizes: tuple[int, ...] | None = None
-    provider: Provider = Provider.CPU
-    threads: int | None = None
-    timing: Timing = field(default_factory=Timing)
-    cuda: CudaOptions = field(default_factory=CudaOptions)
-    tune: bool = False
-    measure_overhead: bool = True
-    seed: int = 0
-
-    def resolved_batch_sizes(self) -> tuple[int, ...]:
-        if self.batch_sizes:
-            return tuple(sorted(set(self.batch_sizes)))
-        return CPU_BATCH_SIZES if self.provider is Provider.CPU else GPU_BATCH_SIZES
-
-    def __post_init__(self) -> None:
-        if self.tune and self.provider is Provider.CPU:
-            raise ConfigError("--tune sweeps CUDA provider options; use it with --provider cuda")
-
-
-@dataclass
+@dataclass(kw_only=True)
 class Measurement:
+    """One backend at one batch size. ``stats`` times the pre-bound call (device work on a
+    GPU); ``end_to_end`` adds host<->device copies where there are any."""
+
     backend: str
     batch_size: int
-    status: str = "ok"  # ok | oom | error | skipped
+    status: Status = Status.OK
     first_call_ms: float | None = None
     stats: LatencyStats | None = None
     end_to_end: LatencyStats | None = None
+    output_shape: tuple[int, ...] | None = None
     rss_mb: float | None = None
     peak_rss_mb: float | None = None
     device_memory_mb: float | None = None
@@ -87,15 +59,34 @@ class Measurement:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d["stats"] = self.stats.to_dict() if self.stats else None
-        d["end_to_end"] = self.end_to_end.to_dict() if self.end_to_end else None
+        d["status"] = self.status.value
+        d["output_shape"] = list(self.output_shape) if self.output_shape else None
         return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Measurement:
+        stats, e2e = data.get("stats"), data.get("end_to_end")
+        shape = data.get("output_shape")
+        return cls(
+            backend=str(data["backend"]),
+            batch_size=int(data["batch_size"]),
+            status=Status(data.get("status", "ok")),
+            first_call_ms=data.get("first_call_ms"),
+            stats=LatencyStats(**stats) if stats else None,
+            end_to_end=LatencyStats(**e2e) if e2e else None,
+            output_shape=tuple(shape) if shape else None,
+            rss_mb=data.get("rss_mb"),
+            peak_rss_mb=data.get("peak_rss_mb"),
+            device_memory_mb=data.get("device_memory_mb"),
+            speedup_vs_eager=data.get("speedup_vs_eager"),
+            error=str(data.get("error", "")),
+        )
 
 
 @dataclass
 class Sweep:
     results: list[Measurement]
-    backends: list[dict[str, Any]]
+    backends: list[dict[str, Any]] = field(default_factory=list)
 
 
 def is_oom(exc: BaseException) -> bool:
@@ -105,76 +96,95 @@ def is_oom(exc: BaseException) -> bool:
     return "outofmemory" in name or any(m in str(exc).lower() for m in OOM_MARKERS)
 
 
-def measure(
-    call: Call, sync: Callable[[], None], timing: Timing, batch_size: int
-) -> tuple[float, LatencyStats]:
-    """First-call latency (ms) and warm statistics of ``call``; the clock is read after ``sync``."""
-    start = time.perf_counter()
-    call()
-    sync()
-    first_ms = (time.perf_counter() - start) * 1e3
-    for _ in range(timing.warmup):
-        call()
-        sync()
-    samples: list[float] = []
-    began = time.perf_counter()
-    while len(samples) < timing.max_iters:
-        t0 = time.perf_counter()
-        call()
-        sync()
-        t1 = time.perf_counter()
-        samples.append(t1 - t0)
-        elapsed = t1 - began
-        if len(samples) >= timing.min_iters and elapsed >= timing.min_time_s:
-            break
-        if elapsed >= timing.max_time_s and len(samples) >= min(3, timing.min_iters):
-            break
-    return first_ms, summarize(samples, batch_size)
-
-
 def sweep(
-    backends: list[Backend],
+    backends: list[BackendSpec],
     batch_sizes: tuple[int, ...],
-    input_size: int,
+    make_batch: Callable[[int], np.ndarray],
     timing: Timing,
-    seed: int = 0,
+    *,
+    interleave: bool = True,
     progress: Callable[[str], None] | None = None,
 ) -> Sweep:
-    """Measure every backend at every batch size, interleaving backends within a batch size so
-    that they see the same machine state. A backend that runs out of memory stops there (its
-    larger batch sizes are recorded as skipped); other backends go on."""
-    rng = np.random.default_rng(seed)
+    """Measure every backend at every batch size. A backend that runs out of memory stops there
+    (its larger batch sizes are recorded as skipped); other backends go on. A backend that
+    cannot be built is recorded as an error at every batch size."""
+    results: dict[tuple[str, int], Measurement] = {}
+    described: dict[str, dict[str, Any]] = {}
+    order = (
+        [(b, spec) for b in batch_sizes for spec in backends]
+        if interleave
+        else [(b, spec) for spec in backends for b in batch_sizes]
+    )
     stopped: dict[str, str] = {}
-    results: list[Measurement] = []
-    for b in batch_sizes:
-        batch = rng.standard_normal((b, 3, input_size, input_size), dtype=np.float32)
-        for backend in backends:
+    with ExitStack() as stack:
+        alive: dict[str, Runner] = {}
+        for b, spec in order:
             if progress:
-                progress(f"{backend.name} batch={b}")
-            m = Measurement(backend.name, b)
-            results.append(m)
-            if backend.name in stopped:
-                m.status, m.error = "skipped", stopped[backend.name]
+                progress(f"{spec.name} batch={b}")
+            m = Measurement(backend=spec.name, batch_size=b)
+            results[(spec.name, b)] = m
+            if spec.name in stopped:
+                m.status, m.error = Status.SKIPPED, stopped[spec.name]
                 continue
-            try:
-                m.first_call_ms, m.stats = measure(backend.bind(batch), backend.sync, timing, b)
-                e2e = backend.bind_end_to_end(batch)
-                if e2e is not None:
-                    _, m.end_to_end = measure(e2e, backend.sync, timing, b)
-            except Exception as exc:  # noqa: BLE001 - any backend failure is recorded, not fatal
-                oom = is_oom(exc)
-                m.status = "oom" if oom else "error"
-                m.error = first_line(exc)
-                stopped[backend.name] = (
-                    f"stopped after out-of-memory at batch {b}"
-                    if oom
-                    else f"stopped after an error at batch {b}"
-                )
-                continue
-            m.rss_mb, m.peak_rss_mb = host_memory_mb()
-            m.device_memory_mb = backend.device_memory_mb()
-    _attach_speedups(results)
-    return Sweep(results, [be.describe() for be in backends])
+            if spec.name not in alive:
+                if not interleave:  # one backend alive at a time
+                    stack.close()
+                    alive.clear()
+                try:
+                    alive[spec.name] = stack.enter_context(spec.build())
+                except Exception as exc:  # noqa: BLE001 - recorded, the other backends go on
+                    m.status, m.error = Status.ERROR, first_line(exc)
+                    stopped[spec.name] = f"could not start: {m.error}"
+                    continue
+                described[spec.name] = alive[spec.name].describe()
+            runner = alive[spec.name]
+            _measure_one(runner, m, make_batch, timing)
+            if m.status is not Status.OK:
+                reason = "out-of-memory" if m.status is Status.OOM else "an error"
+                stopped[spec.name] = f"stopped after {reason} at batch {b}"
+            described[spec.name] = runner.describe()
+    ordered = [results[(spec.name, b)] for b in batch_sizes for spec in backends]
+    _attach_speedups(ordered)
+    return Sweep(ordered, [described[s.name] for s in backends if s.name in described])
+
+
+def _measure_one(
+    runner: Runner, m: Measurement, make_batch: Callable[[int], np.ndarray], timing: Timing
+) -> None:
+    b = m.batch_size
+    try:
+        batch = make_batch(b)  # inside the handler: a huge batch is an out-of-memory, not a crash
+        runner.reset_peak_memory()
+        bound = runner.bind(batch)
+        m.first_call_ms, m.stats = measure(bound.run, runner.sync, timing, b)
+        m.output_shape = _checked_output(bound.fetch(), b)
+        e2e = runner.bind_end_to_end(batch)
+        if e2e is not None:
+            _, m.end_to_end = measure(e2e.run, runner.sync, timing, b)
+            _checked_output(e2e.fetch(), b)
+    except Exception as exc:  # noqa: BLE001 - any backend failure is recorded, not fatal
+        m.status = Status.OOM if is_oom(exc) else Status.ERROR
+        m.error = first_line(exc)
+        m.stats = m.end_to_end = None
+        return
+    m.rss_mb, m.peak_rss_mb = host_memory_mb()
+    m.device_memory_mb = runner.device_memory_mb()
+
+
+class OutputCheckError(RuntimeError):
+    """A backend returned something other than one finite row of logits per image."""
+
+
+def _checked_output(out: np.ndarray, batch_size: int) -> tuple[int, ...]:
+    out = np.asarray(out)
+    if out.ndim != 2 or out.shape[0] != batch_size:
+        raise OutputCheckError(
+            f"returned output of shape {out.shape} for a batch of {batch_size}: the batch was "
+            "not run whole"
+        )
+    if not np.isfinite(out).all():
+        raise OutputCheckError("returned NaN or Inf")
+    return tuple(int(d) for d in out.shape)
 
 
 def _attach_speedups(results: list[Measurement]) -> None:
@@ -198,7 +208,7 @@ def host_memory_mb() -> tuple[float, float]:
 
 
 def harness_overhead(
-    call: Call, sync: Callable[[], None], blocks: int = 20, per_block: int = 3
+    call: Callable[[], Any], sync: Callable[[], None], blocks: int = 20, per_block: int = 3
 ) -> dict[str, float]:
     """How much the harness adds to what it measures, two ways.
 
@@ -321,17 +331,6 @@ def tuning_variants(base: CudaOptions) -> dict[str, CudaOptions]:
     }
 
 
-def build_backends(config: BenchConfig, ctx: BackendContext) -> list[Backend]:
-    backends = [build_backend(kind, ctx) for kind in config.backends]
-    if config.tune:
-        backends += [
-            OrtBackend(ctx, cuda=opts, name=f"onnxruntime-cuda[{label}]")
-            for label, opts in tuning_variants(config.cuda).items()
-            if label != "baseline"
-        ]
-    return backends
-
-
 def best_per_batch(results: list[Measurement], prefix: str) -> dict[int, str]:
     """For each batch size, the fastest (median) backend whose name starts with ``prefix``."""
     best: dict[int, tuple[float, str]] = {}
@@ -341,7 +340,3 @@ def best_per_batch(results: list[Measurement], prefix: str) -> dict[int, str]:
         if m.batch_size not in best or m.stats.p50_ms < best[m.batch_size][0]:
             best[m.batch_size] = (m.stats.p50_ms, m.backend)
     return {b: name for b, (_, name) in sorted(best.items())}
-
-
-def context_threads(config: BenchConfig) -> int:
-    return config.threads or default_threads()

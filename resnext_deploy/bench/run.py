@@ -1,54 +1,96 @@
-"""``resnext-deploy bench`` as a function: resolve the model, sweep, add context, report."""
+"""``resnext-deploy bench`` as a function: resolve the model, sweep its runners, add context."""
 
 from __future__ import annotations
 
 import tempfile
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from resnext_deploy.bench.backends import BackendContext, OrtBackend
+import numpy as np
+
+from resnext_deploy.bench.backends import (
+    DEFAULT_BACKENDS,
+    BackendContext,
+    BackendSpec,
+    BenchBackend,
+    backend_spec,
+    tuning_specs,
+)
 from resnext_deploy.bench.harness import (
-    BenchConfig,
     Measurement,
     best_per_batch,
-    build_backends,
-    context_threads,
     harness_overhead,
     peak_matmul_gflops,
     sweep,
     theoretical_peak_gflops,
+    tuning_variants,
 )
+from resnext_deploy.bench.report import BenchReport
 from resnext_deploy.environment import BENCH_PACKAGES, environment, package_versions
-from resnext_deploy.runtime.providers import Provider, check_provider
+from resnext_deploy.errors import ConfigError
+from resnext_deploy.runtime.providers import (
+    CudaOptions,
+    Provider,
+    SessionConfig,
+    TensorRTOptions,
+    available_cores,
+    check_provider,
+)
+from resnext_deploy.timing import Timing
 
-REPORT_FORMAT = 1
+CPU_BATCH_SIZES = (1, 2, 4, 8, 16)
+GPU_BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+MAX_BATCH_SIZE = 65536
 
 
-@dataclass
-class BenchReport:
-    model: str
-    arch: str
-    input_size: int
-    gmacs_per_image: float
-    provider: str
-    threads: int
-    batch_sizes: list[int]
-    results: list[Measurement]
-    backends: list[dict[str, Any]]
-    config: dict[str, Any]
-    environment: dict[str, Any]
-    overhead: dict[str, float] | None = None
-    compute_floor: dict[str, float] | None = None
-    best: dict[int, str] = field(default_factory=dict)
-    tuning: dict[int, str] | None = None
+@dataclass(frozen=True, kw_only=True)
+class BenchConfig:
+    backends: tuple[BenchBackend, ...] = DEFAULT_BACKENDS
+    batch_sizes: tuple[int, ...] | None = None
+    provider: Provider = Provider.CPU
+    threads: int | None = None
+    timing: Timing = field(default_factory=Timing)
+    cuda: CudaOptions = field(default_factory=CudaOptions)
+    tensorrt: TensorRTOptions = field(default_factory=TensorRTOptions)
+    tune: bool = False
+    measure_overhead: bool = True
+    seed: int = 0
+    command: str = ""
+
+    def __post_init__(self) -> None:
+        if self.tune and self.provider is Provider.CPU:
+            raise ConfigError("tuning sweeps GPU provider options; it needs the cuda provider")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"threads must be >= 1, not {self.threads}")
+        if self.batch_sizes is not None and (
+            not self.batch_sizes or any(not 1 <= b <= MAX_BATCH_SIZE for b in self.batch_sizes)
+        ):
+            raise ConfigError(f"batch sizes must lie in 1..{MAX_BATCH_SIZE}")
+        if not self.backends and not self.tune:
+            raise ConfigError("no backend to measure")
+
+    def resolved_batch_sizes(self) -> tuple[int, ...]:
+        if self.batch_sizes:
+            return tuple(sorted(set(self.batch_sizes)))
+        return CPU_BATCH_SIZES if self.provider is Provider.CPU else GPU_BATCH_SIZES
+
+    def resolved_threads(self) -> int:
+        return self.threads or available_cores()
 
     def to_dict(self) -> dict[str, Any]:
-        d = {k: v for k, v in self.__dict__.items() if k != "results"}
-        d["format"] = REPORT_FORMAT
-        d["results"] = [m.to_dict() for m in self.results]
-        return d
+        return {
+            "backends": [b.value for b in self.backends],
+            "batch_sizes": list(self.resolved_batch_sizes()),
+            "provider": self.provider.value,
+            "threads": self.resolved_threads(),
+            "timing": self.timing.__dict__,
+            "cuda": self.cuda.to_ort(),
+            "tune": self.tune,
+            "measure_overhead": self.measure_overhead,
+            "seed": self.seed,
+        }
 
 
 def run_benchmark(
@@ -65,37 +107,39 @@ def run_benchmark(
     """
     import torch
 
-    check_provider(config.provider)
-    threads = context_threads(config)
+    check_provider(config.provider, SessionConfig(cuda=config.cuda, tensorrt=config.tensorrt))
+    threads = config.resolved_threads()
     torch.set_num_threads(threads)
+    batch_sizes = config.resolved_batch_sizes()
     with tempfile.TemporaryDirectory(prefix="resnext-bench-") as tmp:
         eager, spec, folder = _resolve(model, checkpoint, Path(tmp), progress)
-        from resnext_deploy.export.manifest import ONNX_FILE, TORCHSCRIPT_FILE
         from resnext_deploy.models.resnext import count_macs
 
         ctx = BackendContext(
-            eager,
-            folder / ONNX_FILE,
-            folder / TORCHSCRIPT_FILE,
-            config.provider,
-            threads,
-            config.cuda,
+            model=eager,
+            export_dir=folder,
+            provider=config.provider,
+            threads=threads,
+            cuda=config.cuda,
+            tensorrt=config.tensorrt,
         )
-        backends = build_backends(config, ctx)
-        try:
-            result = sweep(
-                backends,
-                config.resolved_batch_sizes(),
-                spec.input_size,
-                config.timing,
-                config.seed,
-                progress,
-            )
-            overhead = _overhead(backends, spec.input_size) if config.measure_overhead else None
-        finally:
-            for backend in backends:
-                backend.close()
-        gmacs = count_macs(eager, spec.input_size) / 1e9
+        specs = backend_specs(config, ctx)
+        rng = np.random.default_rng(config.seed)
+        size = spec.input_size
+
+        def make_batch(b: int) -> np.ndarray:
+            return rng.standard_normal((b, 3, size, size), dtype=np.float32)
+
+        result = sweep(
+            specs,
+            batch_sizes,
+            make_batch,
+            config.timing,
+            interleave=config.provider is Provider.CPU,
+            progress=progress,
+        )
+        overhead = _overhead(specs, size) if config.measure_overhead else None
+        gmacs = count_macs(eager, size) / 1e9
     report = BenchReport(
         model=model,
         arch=spec.arch,
@@ -103,10 +147,11 @@ def run_benchmark(
         gmacs_per_image=gmacs,
         provider=config.provider.value,
         threads=threads,
-        batch_sizes=list(config.resolved_batch_sizes()),
+        batch_sizes=list(batch_sizes),
         results=result.results,
         backends=result.backends,
-        config=_config_dict(config),
+        config=config.to_dict(),
+        command=config.command,
         environment=environment(
             {
                 "threads": threads,
@@ -116,11 +161,24 @@ def run_benchmark(
         ),
         overhead=overhead,
         best=best_per_batch(result.results, ""),
-        tuning=best_per_batch(result.results, "onnxruntime-cuda") if config.tune else None,
+        tuning=(
+            best_per_batch(result.results, f"onnxruntime-{config.provider.value}")
+            if config.tune
+            else None
+        ),
     )
     if config.provider is Provider.CPU:
         report.compute_floor = compute_floor(gmacs, threads, result.results)
     return report
+
+
+def backend_specs(config: BenchConfig, ctx: BackendContext) -> list[BackendSpec]:
+    specs = [backend_spec(kind, ctx) for kind in config.backends]
+    if config.tune:
+        variants = tuning_variants(config.cuda)
+        variants.pop("baseline")
+        specs += tuning_specs(ctx, variants)
+    return specs
 
 
 def compute_floor(gmacs: float, threads: int, results: list[Measurement]) -> dict[str, Any]:
@@ -152,24 +210,24 @@ def compute_floor(gmacs: float, threads: int, results: list[Measurement]) -> dic
     }
 
 
-def _overhead(backends: list[Any], input_size: int) -> dict[str, float] | None:
-    import numpy as np
-
-    ort = next((b for b in backends if isinstance(b, OrtBackend)), None)
-    if ort is None:
+def _overhead(specs: list[BackendSpec], input_size: int) -> dict[str, Any] | None:
+    spec = next((s for s in specs if s.name.startswith("onnxruntime")), None)
+    if spec is None:
         return None
     batch = np.random.default_rng(1).standard_normal(
         (1, 3, input_size, input_size), dtype=np.float32
     )
-    result = harness_overhead(ort.bind(batch), ort.sync)
-    result["backend"] = ort.name  # type: ignore[assignment]
+    with spec.build() as runner:
+        bound = runner.bind(batch)
+        result: dict[str, Any] = harness_overhead(bound.run, runner.sync)
+    result["backend"] = spec.name
     return result
 
 
 def _resolve(
     model: str, checkpoint: Path | None, tmp: Path, progress: Callable[[str], None] | None
 ) -> tuple[Any, Any, Path]:
-    from resnext_deploy.export.manifest import WEIGHTS_FILE, open_artifact
+    from resnext_deploy.artifact import WEIGHTS_FILE, open_artifact
     from resnext_deploy.models.checkpoint import LoadOptions, load_model, read_checkpoint
     from resnext_deploy.models.registry import ARCHS, build_model
 
@@ -197,13 +255,8 @@ def _resolve(
     export_model(
         eager,
         spec,
-        ExportConfig(tmp / "model", verify=VerifyConfig(batch_sizes=(1, 2), auto_cuda=False)),
+        ExportConfig(
+            out_dir=tmp / "model", verify=VerifyConfig(batch_sizes=(1, 2), auto_cuda=False)
+        ),
     )
     return eager, spec, tmp / "model"
-
-
-def _config_dict(config: BenchConfig) -> dict[str, Any]:
-    d = asdict(config)
-    d["provider"] = config.provider.value
-    d["batch_sizes"] = list(config.resolved_batch_sizes())
-    return d

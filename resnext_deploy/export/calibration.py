@@ -12,7 +12,7 @@ from resnext_deploy.preprocess import list_images, load_image, normalize, prepro
 from resnext_deploy.spec import ModelSpec
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class CalibrationConfig:
     """``source``: a folder of images, or ``digits`` (the bundled digits: calibrate on the
     training split, check on the validation split). ``min_agreement``: the int8 gate."""

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from resnext_deploy.errors import ArtifactError, ExportError, first_line
+from resnext_deploy.errors import ArtifactError, ConfigError, ExportError, first_line
 from resnext_deploy.spec import SPEC_KEY, ModelSpec
 
 INPUT_NAME = "input"
@@ -52,8 +52,7 @@ def export_onnx(
     is not specialised to 1."""
     import onnx
 
-    if opset < MIN_OPSET:
-        raise ExportError(f"opset {opset} is below {MIN_OPSET}, the exporter's minimum")
+    check_opset(opset)
     if example.shape[0] < 2:
         raise ExportError("export with an example batch of at least 2 (batch 1 gets specialised)")
     with quiet_exporter():
@@ -74,12 +73,32 @@ def export_onnx(
     if program is None:
         raise ExportError("torch.onnx.export returned no program")
     proto = program.model_proto
+    produced = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+    if produced != opset:  # the exporter falls back to its own opset when conversion fails
+        raise ExportError(f"the exporter could not produce opset {opset} (it made {produced})")
     set_metadata(proto, spec, versions)
     onnx.save_model(proto, str(path))
     try:
         onnx.checker.check_model(str(path), full_check=True)
     except onnx.checker.ValidationError as exc:
         raise ExportError(f"exported ONNX model fails onnx.checker: {exc}") from None
+
+
+def max_opset() -> int:
+    """The newest opset the installed ``onnx`` knows (the exporter converts up to it)."""
+    import onnx
+
+    return int(onnx.defs.onnx_opset_version())
+
+
+def check_opset(opset: int) -> None:
+    """Raise :class:`ConfigError` for an opset the exporter cannot honour (it would silently
+    write another one)."""
+    if not MIN_OPSET <= opset <= max_opset():
+        raise ConfigError(
+            f"opset {opset} cannot be exported: the exporter supports opsets {MIN_OPSET} to "
+            f"{max_opset()}"
+        )
 
 
 def set_metadata(proto: Any, spec: ModelSpec, versions: dict[str, str]) -> None:

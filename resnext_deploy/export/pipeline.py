@@ -9,30 +9,28 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from resnext_deploy.environment import package_versions
-from resnext_deploy.errors import ExportError, ParityError
-from resnext_deploy.export.atomic import atomic_directory
-from resnext_deploy.export.calibration import CalibrationConfig, calibration_sets
-from resnext_deploy.export.manifest import (
-    MANIFEST,
+from resnext_deploy.artifact import (
     ONNX_FILE,
     PARITY_FILE,
     TORCHSCRIPT_FILE,
     WEIGHTS_FILE,
-    build_manifest,
+    Manifest,
+    Variant,
 )
+from resnext_deploy.environment import package_versions
+from resnext_deploy.errors import ExportError, ParityError
+from resnext_deploy.export.atomic import atomic_directory
+from resnext_deploy.export.calibration import CalibrationConfig, calibration_sets
 from resnext_deploy.export.onnx_export import DEFAULT_OPSET, ConvSummary, conv_summary, export_onnx
 from resnext_deploy.export.torchscript import export_torchscript
 from resnext_deploy.export.variants import (
-    FP16_FILE,
-    INT8_FILE,
-    PREPROCESS_FILE,
     Int8Result,
     Precision,
     export_fp16,
     export_int8,
     export_with_preprocessing,
 )
+from resnext_deploy.fileio import atomic_write_text
 from resnext_deploy.models.checkpoint import LoadOptions, load_model
 from resnext_deploy.parity import ParityReport
 from resnext_deploy.spec import ModelSpec
@@ -41,7 +39,7 @@ from resnext_deploy.verify import VerifyConfig, compare_model_with_files
 DEFAULT_ROOT = Path("exported")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ExportConfig:
     """``out_dir`` defaults to ``exported/<arch>``."""
 
@@ -95,22 +93,23 @@ def export_model(model: nn.Module, spec: ModelSpec, config: ExportConfig) -> Exp
         files = [WEIGHTS_FILE, TORCHSCRIPT_FILE, ONNX_FILE]
         int8 = None
         if Precision.FP16 in config.precisions:
-            export_fp16(stage / ONNX_FILE, stage / FP16_FILE)
-            files.append(FP16_FILE)
+            export_fp16(stage / ONNX_FILE, stage / Variant.FP16.file)
+            files.append(Variant.FP16.file)
         if Precision.INT8 in config.precisions:
             calibration, held_out = calibration_sets(config.calibration, spec)
             int8 = export_int8(
                 stage / ONNX_FILE,
-                stage / INT8_FILE,
+                stage / Variant.INT8.file,
                 calibration,
                 held_out,
                 config.calibration.min_agreement,
             )
-            files.append(INT8_FILE)
+            files.append(Variant.INT8.file)
         if config.embed_preprocess:
-            export_with_preprocessing(model, spec, stage / PREPROCESS_FILE, config.opset)
-            files.append(PREPROCESS_FILE)
-        report = compare_model_with_files(model, spec, stage, config.verify)
+            export_with_preprocessing(model, spec, stage / Variant.PREPROCESS.file, config.opset)
+            files.append(Variant.PREPROCESS.file)
+        variants = tuple(v for v in Variant if v.file in files)
+        report = compare_model_with_files(model, spec, stage, config.verify, variants)
         if not report.passed:
             failed = "; ".join(
                 f"{b.backend}: {', '.join(b.failures)}" for b in report.backends if not b.passed
@@ -119,10 +118,9 @@ def export_model(model: nn.Module, spec: ModelSpec, config: ExportConfig) -> Exp
         parity = report.to_dict()
         if int8 is not None:
             parity["int8"] = asdict(int8) | {"speedup": int8.speedup}
-        (stage / PARITY_FILE).write_text(json.dumps(parity, indent=2))
+        atomic_write_text(stage / PARITY_FILE, json.dumps(parity, indent=2))
         files.append(PARITY_FILE)
-        manifest = build_manifest(stage, spec, versions, files)
-        (stage / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        Manifest.build(stage, spec, versions, files).write(stage)
         sizes = {name: (stage / name).stat().st_size for name in files}
     return ExportResult(out_dir, spec, sizes, convs, report, int8)
 

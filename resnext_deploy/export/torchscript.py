@@ -9,11 +9,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from resnext_deploy.errors import ArtifactError
+from resnext_deploy.artifact import TORCHSCRIPT_SPEC_EXTRA, TORCHSCRIPT_VERSIONS_EXTRA
 from resnext_deploy.spec import ModelSpec
-
-SPEC_EXTRA = "spec.json"
-VERSIONS_EXTRA = "versions.json"
 
 
 def export_torchscript(
@@ -32,28 +29,8 @@ def export_torchscript(
         torch.jit.save(
             frozen,
             str(path),
-            _extra_files={SPEC_EXTRA: spec.to_json(), VERSIONS_EXTRA: json.dumps(versions)},
+            _extra_files={
+                TORCHSCRIPT_SPEC_EXTRA: spec.to_json(),
+                TORCHSCRIPT_VERSIONS_EXTRA: json.dumps(versions),
+            },
         )
-
-
-def load_torchscript(
-    path: Path, *, optimize: bool = False
-) -> tuple[torch.jit.ScriptModule, dict[str, str]]:
-    """Load a saved module and its extra files; ``optimize`` applies ``optimize_for_inference``."""
-    extra = {SPEC_EXTRA: "", VERSIONS_EXTRA: ""}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
-        except RuntimeError as exc:
-            raise ArtifactError(f"{path} is not a readable TorchScript file ({exc})") from None
-        if optimize:
-            module = torch.jit.optimize_for_inference(module)
-    return module, extra
-
-
-def read_torchscript_spec(path: Path) -> ModelSpec:
-    _, extra = load_torchscript(path)
-    if not extra.get(SPEC_EXTRA):
-        raise ArtifactError(f"{path} carries no resnext-deploy spec")
-    return ModelSpec.from_json(extra[SPEC_EXTRA])

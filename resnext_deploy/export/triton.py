@@ -16,16 +16,10 @@ from typing import Any
 
 from resnext_deploy.errors import ArtifactError, ConfigError
 from resnext_deploy.export.atomic import atomic_directory
-from resnext_deploy.export.manifest import ONNX_FILE, open_artifact
-from resnext_deploy.export.variants import FP16_FILE, INT8_FILE, PREPROCESS_FILE
+from resnext_deploy.artifact import Variant, open_artifact
 from resnext_deploy.runtime.providers import CudaOptions
 
-VARIANT_FILES = {
-    "fp32": ONNX_FILE,
-    "fp16": FP16_FILE,
-    "int8": INT8_FILE,
-    "preprocess": PREPROCESS_FILE,
-}
+VARIANT_FILES = {v.value: v.file for v in Variant}
 ONNX_TO_TRITON = {
     "float32": "TYPE_FP32",
     "float16": "TYPE_FP16",
@@ -36,7 +30,7 @@ ONNX_TO_TRITON = {
 }
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class TritonConfig:
     model_name: str | None = None
     variant: str = "fp32"
@@ -55,28 +49,6 @@ class TritonConfig:
             raise ConfigError("max_batch_size and instances must be >= 1")
         if any(b < 1 or b > self.max_batch_size for b in self.preferred_batch_sizes):
             raise ConfigError(f"preferred batch sizes must lie in 1..{self.max_batch_size}")
-
-
-def preferred_from_bench(
-    report_path: Path, max_batch_size: int, backend_prefix: str = "onnxruntime", keep: int = 2
-) -> tuple[int, ...]:
-    """The batch sizes with the highest measured throughput for the onnxruntime backend."""
-    from resnext_deploy.bench.report import load_report
-
-    report = load_report(report_path)
-    rows = [
-        r
-        for r in report["results"]
-        if r.get("stats")
-        and r["backend"].startswith(backend_prefix)
-        and r["batch_size"] <= max_batch_size
-    ]
-    if not rows:
-        raise ConfigError(
-            f"{report_path} has no onnxruntime measurement up to batch {max_batch_size}"
-        )
-    best = sorted(rows, key=lambda r: -r["stats"]["images_per_s"])[:keep]
-    return tuple(sorted({r["batch_size"] for r in best}))
 
 
 def render_config(name: str, onnx_path: Path, config: TritonConfig) -> str:
@@ -134,7 +106,13 @@ def write_repository(
             "with --precision / --embed-preprocess first"
         )
     name = config.model_name or artifact.spec.arch.replace("/", "_")
-    with atomic_directory(out_dir, overwrite=overwrite) as stage:
+    with atomic_directory(
+        out_dir,
+        overwrite=overwrite,
+        # --force replaces a repository this command wrote, never another folder.
+        replaceable=lambda d: any(d.glob("*/resnext_deploy.json")),
+        what="Triton model repository",
+    ) as stage:
         version_dir = stage / name / str(config.version)
         version_dir.mkdir(parents=True)
         shutil.copyfile(artifact.file(filename), version_dir / "model.onnx")

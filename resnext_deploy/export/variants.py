@@ -19,9 +19,6 @@ import numpy as np
 from resnext_deploy.errors import ConfigError, ExportError, first_line
 from resnext_deploy.spec import ModelSpec
 
-FP16_FILE = "model.fp16.onnx"
-INT8_FILE = "model.int8.onnx"
-PREPROCESS_FILE = "model.preprocess.onnx"
 FP16_MAX = 65504.0
 # Reductions and the classifier accumulate many terms: fp16 loses most there, so they stay fp32.
 FP16_KEEP_FP32 = ["ReduceMean", "GlobalAveragePool", "Gemm", "Softmax"]
@@ -213,7 +210,7 @@ def export_int8(
 def _compare_int8(
     fp32: Path, int8: Path, images: np.ndarray, threads: int | None
 ) -> tuple[float, float, float]:
-    from resnext_deploy.bench.harness import Timing, measure
+    from resnext_deploy.timing import Timing, measure
     from resnext_deploy.runtime.ort import OrtRunner
     from resnext_deploy.runtime.providers import SessionConfig
 

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from resnext_deploy.errors import CheckpointError, first_line
-from resnext_deploy.export.manifest import sha256_of
+from resnext_deploy.fileio import sha256_of
 from resnext_deploy.models.layouts import convert_layout, detect_layout
 from resnext_deploy.models.registry import ARCHS, _build_on_meta, build_model
 from resnext_deploy.spec import IMAGENET_MEAN, IMAGENET_STD, ArchConfig, ModelSpec
@@ -31,7 +31,7 @@ class Checkpoint:
     spec: dict[str, Any] | None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class LoadOptions:
     """What the user told us about a checkpoint; ``None`` means infer it."""
 

@@ -1,35 +1,76 @@
-"""The runner interface every backend implements (torch-free)."""
+"""The runner interface every backend implements (torch-free).
+
+Polygraphy-style: one small class per backend, loaded in its constructor, used as a context
+manager (``with``) so that it is always closed, also on errors. Runners never time themselves;
+they give the timing harness what it needs instead: :meth:`Runner.bind` prepares a batch once
+(on the device, where there is one) and returns a :class:`BoundCall` whose ``run`` is the work
+to time, :meth:`Runner.sync` waits for queued device work, and ``BoundCall.fetch`` reads the
+outputs of the last run back so that the harness can check them.
+"""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 
 
-class Runner(ABC):
-    """Load once, then ``infer`` float32 NCHW batches into float32 logits.
+@dataclass(frozen=True)
+class BoundCall:
+    """``run()`` performs one inference on a pre-bound batch; ``fetch()`` returns the outputs of
+    the last ``run()`` as a numpy array (copying them to the host where needed)."""
 
-    Runners never time themselves; the benchmark harness does. Use as a context manager or call
-    :meth:`close`.
-    """
+    run: Callable[[], Any]
+    fetch: Callable[[], np.ndarray]
+
+
+class Runner(ABC):
+    """Load once, then ``infer`` float32 NCHW batches (or uint8 NHWC images for a graph with
+    its preprocessing inside) into float32 logits."""
 
     name: str = "runner"
+    device: str = "cpu"
 
     @abstractmethod
     def infer(self, batch: np.ndarray) -> np.ndarray:
-        """Logits for ``batch`` (float32, N x 3 x H x W)."""
+        """Logits for ``batch``; the batch is always run whole."""
+
+    def bind(self, batch: np.ndarray) -> BoundCall:
+        """Prepare ``batch`` once for repeated timed runs. The default runs :meth:`infer`."""
+        last: list[np.ndarray] = []
+
+        def run() -> None:
+            last[:] = [self.infer(batch)]
+
+        return BoundCall(run, lambda: last[0])
+
+    def bind_end_to_end(self, batch: np.ndarray) -> BoundCall | None:
+        """A call that includes host<->device copies, where those exist (``None`` on CPU)."""
+        return None
+
+    def sync(self) -> None:  # noqa: B027 - optional hook, a no-op on the CPU
+        """Wait for queued device work before the clock is read."""
 
     def describe(self) -> dict[str, Any]:
         """What actually runs (providers, threads, options), for reports."""
-        return {"name": self.name}
+        return {"name": self.name, "device": self.device}
+
+    def reset_peak_memory(self) -> None:  # noqa: B027 - optional hook
+        """Forget the device-memory peak so that :meth:`device_memory_mb` covers what follows."""
+
+    def device_memory_mb(self) -> float | None:
+        """Peak device memory this runner used since :meth:`reset_peak_memory` (MiB), or
+        ``None`` where it cannot be told apart from other users of the device."""
+        return None
 
     def close(self) -> None:  # noqa: B027 - optional hook, a no-op by default
         """Release the session or module."""
 
-    def __enter__(self) -> Runner:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(

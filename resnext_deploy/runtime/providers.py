@@ -2,8 +2,16 @@
 
 onnxruntime-gpu lists the CUDA provider as available on machines without a GPU, and a session
 asked for CUDA logs the failure through its own C++ logger and quietly runs on the CPU.
-``session.get_providers()`` after creation is the only reliable check, so :func:`create_session`
-does exactly that and raises :class:`ProviderUnavailableError` with what onnxruntime logged.
+``session.get_providers()`` after creation is the first check :func:`create_session` makes; the
+second is where the nodes really went (:mod:`resnext_deploy.runtime.placement`): every Conv on
+the provider asked for. Either failing raises :class:`ProviderUnavailableError` with what
+onnxruntime logged.
+
+onnxruntime's own fallback is switched off (``enable_fallback=0``, honoured by 1.31.1): with it
+on, ``InferenceSession`` retries a provider that fails at creation on other providers and prints
+"EP Error" to stdout, and ``run()`` silently rebuilds the session on TensorRT -> CUDA -> CPU when
+a provider fails mid-run, after the guard has passed. Off, a failure is an error with
+onnxruntime's own reason.
 
 This module imports numpy and onnxruntime only (no torch), so it serves the embedding path.
 """
@@ -12,15 +20,17 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from resnext_deploy.errors import ConfigError, ProviderUnavailableError
+from resnext_deploy.runtime.placement import RECORD_ASSIGNMENT, check_placement, read_placement
 
 
 class Provider(StrEnum):
@@ -37,7 +47,7 @@ ORT_NAMES = {
 CONV_ALGO_SEARCH = ("EXHAUSTIVE", "HEURISTIC", "DEFAULT")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class CudaOptions:
     """CUDA execution-provider options that matter for conv nets (names as onnxruntime's docs)."""
 
@@ -71,7 +81,7 @@ class CudaOptions:
         return opts
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class TensorRTOptions:
     fp16: bool = False
     engine_cache_dir: str | None = None
@@ -87,7 +97,7 @@ class TensorRTOptions:
         return opts
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SessionConfig:
     """How to build an onnxruntime session.
 
@@ -117,6 +127,10 @@ class SessionConfig:
             chain.insert(0, trt)
         return chain if self.strict else [*chain, cpu]
 
+    def threads(self) -> int:
+        """Intra-op threads: as configured, else the cores this process may run on."""
+        return self.intra_op_threads or available_cores()
+
     def session_options(self) -> Any:
         import onnxruntime as ort
 
@@ -130,12 +144,19 @@ class SessionConfig:
             raise ConfigError(f"optimization level must be one of {', '.join(levels)}")
         so = ort.SessionOptions()
         so.graph_optimization_level = levels[self.optimization_level]
-        so.intra_op_num_threads = self.intra_op_threads or os.cpu_count() or 1
+        so.intra_op_num_threads = self.threads()
         if self.inter_op_threads:
             so.inter_op_num_threads = self.inter_op_threads
         if self.strict and self.provider is not Provider.CPU:
             so.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
         return so
+
+
+def available_cores() -> int:
+    """Cores this process may run on (the affinity mask, where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def create_session(model: str | Path | bytes, config: SessionConfig = SessionConfig()) -> Any:

@@ -1,4 +1,5 @@
-"""Sweep logic, OOM stop, report writers and comparison, with fake backends and tiny models."""
+"""Sweep logic, OOM stop, output checks, report writers and comparison, with fake runners and
+tiny models."""
 
 from __future__ import annotations
 
@@ -13,46 +14,71 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from resnext_deploy.bench.backends import Backend
+from resnext_deploy.bench.backends import BackendSpec
+from resnext_deploy.bench.compare import compare_reports
+from resnext_deploy.bench.files import to_csv, write_reports
 from resnext_deploy.bench.harness import (
-    BenchConfig,
-    Timing,
+    Status,
     harness_overhead,
     is_oom,
-    measure,
     sweep,
     tuning_variants,
 )
-from resnext_deploy.bench.report import compare_reports, load_report, to_csv, write_reports
+from resnext_deploy.bench.report import BenchReport, load_report
+from resnext_deploy.bench.run import BenchConfig
 from resnext_deploy.cli import app
 from resnext_deploy.errors import BenchmarkError, ConfigError
+from resnext_deploy.runtime.base import BoundCall, Runner
 from resnext_deploy.runtime.providers import CudaOptions, Provider
+from resnext_deploy.timing import Timing, measure
 
 FAST = Timing(warmup=1, min_iters=3, min_time_s=0.0, max_iters=5)
 
 
-class SleepBackend(Backend):
-    """Sleeps ``per_image`` seconds per image; raises MemoryError above ``max_batch``."""
+def zeros(b: int) -> np.ndarray:
+    return np.zeros((b, 3, 4, 4), np.float32)
+
+
+class SleepRunner(Runner):
+    """Sleeps ``per_image`` seconds per image; raises MemoryError above ``max_batch``;
+    ``rows`` images of each batch are "run" (the batch[:1] bug when rows=1)."""
 
     def __init__(
-        self, name: str, per_image: float, max_batch: int = 10**9, fail_at: int | None = None
+        self,
+        name: str,
+        per_image: float,
+        max_batch: int = 10**9,
+        fail_at: int | None = None,
+        rows: int | None = None,
     ) -> None:
-        self.name, self.per_image, self.max_batch, self.fail_at = (
+        self.name, self.per_image, self.max_batch, self.fail_at, self.rows = (
             name,
             per_image,
             max_batch,
             fail_at,
+            rows,
         )
         self.bound: list[int] = []
+        self.closed = False
 
-    def bind(self, batch: np.ndarray) -> Any:
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        return np.zeros((self.rows or batch.shape[0], 3), np.float32)
+
+    def bind(self, batch: np.ndarray) -> BoundCall:
         b = batch.shape[0]
         self.bound.append(b)
         if b > self.max_batch:
             raise MemoryError(f"cannot allocate {b} images")
         if b == self.fail_at:
             raise RuntimeError("kernel exploded")
-        return lambda: time.sleep(self.per_image * b)
+        return BoundCall(lambda: time.sleep(self.per_image * b), lambda: self.infer(batch))
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def spec(runner: Runner) -> BackendSpec:
+    return BackendSpec(runner.name, lambda: runner)
 
 
 def test_measure_reports_first_call_separately() -> None:
@@ -74,11 +100,12 @@ def test_measure_honours_the_time_budget() -> None:
 
 
 def test_sweep_stops_one_backend_at_oom_and_keeps_the_others() -> None:
-    eager = SleepBackend("torch-eager", 0.002)
-    small = SleepBackend("onnxruntime-cpu", 0.001, max_batch=2)
-    result = sweep([eager, small], (1, 2, 4, 8), input_size=4, timing=FAST)
+    eager = SleepRunner("torch-eager", 0.002)
+    small = SleepRunner("onnxruntime-cpu", 0.001, max_batch=2)
+    result = sweep([spec(eager), spec(small)], (1, 2, 4, 8), zeros, FAST)
     by = {(m.backend, m.batch_size): m for m in result.results}
     assert [by["onnxruntime-cpu", b].status for b in (1, 2, 4, 8)] == ["ok", "ok", "oom", "skipped"]
+    assert eager.closed and small.closed
     assert "out-of-memory at batch 4" in by["onnxruntime-cpu", 8].error
     assert small.bound == [1, 2, 4]  # nothing bound after the OOM
     assert all(by["torch-eager", b].status == "ok" for b in (1, 2, 4, 8))
@@ -87,10 +114,50 @@ def test_sweep_stops_one_backend_at_oom_and_keeps_the_others() -> None:
 
 
 def test_other_errors_are_recorded_not_fatal() -> None:
-    broken = SleepBackend("onnxruntime-cpu", 0.001, fail_at=2)
-    result = sweep([broken], (1, 2, 4), input_size=4, timing=FAST)
+    broken = SleepRunner("onnxruntime-cpu", 0.001, fail_at=2)
+    result = sweep([spec(broken)], (1, 2, 4), zeros, FAST)
     assert [m.status for m in result.results] == ["ok", "error", "skipped"]
     assert result.results[1].error == "kernel exploded"
+
+
+def test_a_backend_that_runs_part_of_the_batch_is_an_error_not_a_speedup() -> None:
+    """The batch[:1] bug: the output has one row for a batch of 4, so the figure is refused."""
+    partial = SleepRunner("onnxruntime-cpu", 0.0, rows=1)
+    result = sweep([spec(partial)], (1, 4), zeros, FAST)
+    assert [m.status for m in result.results] == [Status.OK, Status.ERROR]
+    assert "not run whole" in result.results[1].error and result.results[1].stats is None
+    assert result.results[0].output_shape == (1, 3)
+
+
+def test_a_huge_batch_is_an_out_of_memory_not_a_crash() -> None:
+    def make(b: int) -> np.ndarray:
+        if b > 2:
+            raise MemoryError("Unable to allocate 1.2 TiB")
+        return zeros(b)
+
+    result = sweep([spec(SleepRunner("x", 0.0))], (1, 5000000), make, FAST)
+    assert [m.status for m in result.results] == [Status.OK, Status.OOM]
+
+
+def test_on_a_gpu_one_backend_is_alive_at_a_time() -> None:
+    alive: list[str] = []
+    peak: list[int] = []
+
+    class Tracked(SleepRunner):
+        def __init__(self, name: str) -> None:
+            super().__init__(name, 0.0)
+            alive.append(name)
+            peak.append(len(alive))
+
+        def close(self) -> None:
+            alive.remove(self.name)
+
+    specs = [BackendSpec(n, lambda n=n: Tracked(n)) for n in ("a", "b", "c")]
+    result = sweep(specs, (1, 2), zeros, FAST, interleave=False)
+    assert max(peak) == 1 and alive == []
+    assert [(m.backend, m.batch_size) for m in result.results] == [
+        ("a", 1), ("b", 1), ("c", 1), ("a", 2), ("b", 2), ("c", 2)
+    ]
 
 
 @pytest.mark.parametrize(
@@ -133,7 +200,7 @@ def test_default_batch_sizes_depend_on_the_provider() -> None:
 
 
 def test_tune_needs_a_gpu_provider() -> None:
-    with pytest.raises(ConfigError, match="--provider cuda"):
+    with pytest.raises(ConfigError, match="cuda provider"):
         BenchConfig(tune=True)
 
 
@@ -147,6 +214,7 @@ def test_tuning_variants_change_one_option_each() -> None:
 
 
 def _report(p50: dict[tuple[str, int], float | None]) -> dict[str, Any]:
+    """A report as its JSON file holds it (format 1, as committed reports were written)."""
     results = []
     for (backend, b), v in p50.items():
         stats = (
@@ -199,9 +267,13 @@ def _report(p50: dict[tuple[str, int], float | None]) -> dict[str, Any]:
     }
 
 
+def typed(p50: dict[tuple[str, int], float | None]) -> BenchReport:
+    return BenchReport.from_dict(_report(p50))
+
+
 def test_compare_flags_slowdowns_beyond_the_threshold_and_lost_results() -> None:
-    old = _report({("ort", 1): 10.0, ("ort", 8): 50.0, ("eager", 1): 20.0})
-    new = _report({("ort", 1): 10.5, ("ort", 8): 60.0, ("eager", 1): None})
+    old = typed({("ort", 1): 10.0, ("ort", 8): 50.0, ("eager", 1): 20.0})
+    new = typed({("ort", 1): 10.5, ("ort", 8): 60.0, ("eager", 1): None})
     changes = {(c.backend, c.batch_size): c for c in compare_reports(old, new, threshold_pct=10)}
     assert changes["ort", 1].change_pct == pytest.approx(5.0) and not changes["ort", 1].regression
     assert changes["ort", 8].change_pct == pytest.approx(20.0) and changes["ort", 8].regression
@@ -209,11 +281,16 @@ def test_compare_flags_slowdowns_beyond_the_threshold_and_lost_results() -> None
 
 
 def test_writers_produce_every_format(tmp_path: Path) -> None:
-    report = _report(
+    report = typed(
         {("torch-eager", 1): 10.0, ("onnxruntime-cpu", 1): 5.0, ("onnxruntime-cpu", 2): None}
     )
+    report.compute_floor = {"best_batch1_ms": float("nan")}
     paths = write_reports(report, tmp_path, "r")
-    assert load_report(paths["json"])["results"][0]["stats"]["p50_ms"] == 10.0
+    text = paths["json"].read_text()
+    assert "NaN" not in text and json.loads(text)["compute_floor"]["best_batch1_ms"] is None
+    loaded = load_report(paths["json"])
+    assert loaded.results[0].stats is not None and loaded.results[0].stats.p50_ms == 10.0
+    assert loaded.results[2].status is Status.OOM and loaded.command == "resnext-deploy bench m"
     rows = list(csv.DictReader(io.StringIO(paths["csv"].read_text())))
     assert [r["status"] for r in rows] == ["ok", "ok", "oom"]
     assert float(rows[1]["p50_ms"]) == 5.0 and rows[2]["p50_ms"] == ""
@@ -228,6 +305,11 @@ def test_load_report_rejects_other_files(tmp_path: Path) -> None:
     (tmp_path / "x.json").write_text(json.dumps({"hello": 1}))
     with pytest.raises(BenchmarkError, match="not a resnext-deploy benchmark"):
         load_report(tmp_path / "x.json")
+    broken = _report({("ort", 1): 10.0})
+    broken["results"][0]["stats"] = {"p50_ms": "fast"}
+    (tmp_path / "y.json").write_text(json.dumps(broken))
+    with pytest.raises(BenchmarkError, match="not a resnext-deploy benchmark"):
+        load_report(tmp_path / "y.json")
     with pytest.raises(BenchmarkError, match="not found"):
         load_report(tmp_path / "missing.json")
 
@@ -275,6 +357,12 @@ def test_bench_cli_end_to_end_on_a_tiny_model(tmp_path: Path) -> None:
         "onnxruntime-cpu",
     }
     assert all(r["status"] == "ok" for r in data["results"])
+    # Every backend ran the whole batch: one row of logits per image, and the throughput is the
+    # batch over the median (the batch[:1] bug would show a 1-row output or be refused).
+    for r in data["results"]:
+        assert r["output_shape"] == [r["batch_size"], 1000], r["backend"]
+        stats = r["stats"]
+        assert stats["images_per_s"] == pytest.approx(r["batch_size"] / stats["p50_ms"] * 1e3)
     eager = [r for r in data["results"] if r["backend"] == "torch-eager"]
     assert all(r["speedup_vs_eager"] == pytest.approx(1.0) for r in eager)
     onnx_backend = next(b for b in data["backends"] if b["name"] == "onnxruntime-cpu")
@@ -300,4 +388,26 @@ def test_bench_unknown_backend(tmp_path: Path) -> None:
     res = CliRunner().invoke(
         app, ["bench", "resnext11_mini", "--backend", "tvm", "--out", str(tmp_path)]
     )
-    assert res.exit_code == 1 and "unknown backend 'tvm'" in res.stderr
+    assert res.exit_code != 0 and "tvm" in res.stderr and "Traceback" not in res.output
+
+
+def test_ort_runner_binds_and_runs_the_whole_batch(tiny_export: Path) -> None:
+    """The IO-bound call of the onnxruntime runner computes what plain onnxruntime computes for
+    every image of the batch (not ``batch[:1]``)."""
+    import onnxruntime as ort
+
+    from resnext_deploy.runtime.ort import OrtRunner
+
+    batch = np.random.default_rng(3).standard_normal((5, 3, 64, 64), dtype=np.float32)
+    plain = ort.InferenceSession(str(tiny_export / "model.onnx"), providers=["CPUExecutionProvider"])
+    expected = plain.run(None, {"input": batch})[0]
+    with OrtRunner(tiny_export / "model.onnx") as runner:
+        bound = runner.bind(batch)
+        bound.run()
+        runner.sync()
+        got = bound.fetch()
+        batch[:] = 0  # the binding holds its own copy of the input
+        bound.run()
+        assert np.allclose(bound.fetch(), got)
+    assert got.shape == (5, 7)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)

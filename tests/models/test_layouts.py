@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from resnext_deploy.errors import CheckpointError
-from resnext_deploy.export.manifest import ONNX_FILE
+from resnext_deploy.artifact import ONNX_FILE
 from resnext_deploy.export.pipeline import ExportConfig, export_checkpoint
 from resnext_deploy.models.checkpoint import LoadOptions, load_model
 from resnext_deploy.models.layouts import detect_layout

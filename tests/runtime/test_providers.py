@@ -8,7 +8,7 @@ import onnxruntime as ort
 import pytest
 
 from resnext_deploy.errors import ConfigError, ProviderUnavailableError
-from resnext_deploy.export.manifest import ONNX_FILE
+from resnext_deploy.artifact import ONNX_FILE
 from resnext_deploy.runtime.ort import OrtRunner
 from resnext_deploy.runtime.providers import (
     CudaOptions,

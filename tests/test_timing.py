@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from resnext_deploy.bench.stats import summarize
+from resnext_deploy.timing import summarize
 
 
 def test_percentiles_and_moments_of_known_samples() -> None:

@@ -1,0 +1,302 @@
+"""The export directory's format in one place: file names, variants, tolerances, the manifest.
+
+An export directory holds ``weights.pt``, ``model.torchscript.pt``, ``model.onnx``,
+``parity.json`` (the core files, always present), any :class:`Variant` files and
+``manifest.json``, which lists every one of them with its sha256 and size. :func:`open_artifact`
+refuses a directory whose manifest leaves out a core file or whose files do not match, and
+reports files on disk that the manifest does not list (they are never used).
+
+Ground floor: torch-free and onnx-free, so a serving process can check an artifact before it
+loads anything.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from resnext_deploy.errors import ArtifactError, ConfigError
+from resnext_deploy.fileio import atomic_write_text, sha256_of
+from resnext_deploy.spec import ModelSpec
+
+MANIFEST_FILE = "manifest.json"
+WEIGHTS_FILE = "weights.pt"
+TORCHSCRIPT_FILE = "model.torchscript.pt"
+ONNX_FILE = "model.onnx"
+PARITY_FILE = "parity.json"
+CORE_FILES = (WEIGHTS_FILE, TORCHSCRIPT_FILE, ONNX_FILE, PARITY_FILE)
+FORMAT_VERSION = 1
+# Extra files inside the TorchScript archive.
+TORCHSCRIPT_SPEC_EXTRA = "spec.json"
+TORCHSCRIPT_VERSIONS_EXTRA = "versions.json"
+
+# ONNX names every variant shares (the preprocessing graph's input is ``image``).
+INPUT_NAME = "input"
+IMAGE_INPUT_NAME = "image"
+OUTPUT_NAME = "logits"
+PROBABILITIES_NAME = "probabilities"
+BATCH_AXIS = "batch"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Tolerance:
+    """Parity pass criteria (defaults: fp32). ``max_rel`` is max|diff| / max|reference|;
+    ``tie_margin``: a top-1 flip between classes whose reference logits are closer than this is
+    a tie, not a failure."""
+
+    max_rel: float = 1e-4
+    tie_margin: float = 1e-3
+    min_cosine: float = 0.99999
+    min_top1: float = 1.0
+
+    @property
+    def checks_error(self) -> bool:
+        return math.isfinite(self.max_rel)
+
+
+FP32_TOLERANCE = Tolerance()
+# fp16 keeps ~3 decimal digits: errors of 1e-3 of the logit range are expected, and classes whose
+# logits are that close may swap.
+FP16_TOLERANCE = Tolerance(max_rel=1e-2, tie_margin=5e-2, min_cosine=0.9995, min_top1=1.0)
+# int8 is judged by top-1 agreement on real held-out images at export; parity only checks that it
+# stays the same function in direction.
+INT8_TOLERANCE = Tolerance(
+    max_rel=float("inf"), tie_margin=float("inf"), min_cosine=0.95, min_top1=0.0
+)
+
+
+class InputFormat(StrEnum):
+    """What a variant's graph takes as input."""
+
+    NORMALIZED = "float32 NCHW, resized, cropped and normalised"
+    UINT8_IMAGE = "uint8 NHWC RGB, resized and cropped to input_size"
+
+
+class Variant(StrEnum):
+    """An ONNX file of the export; each knows its file name, tolerance and input format."""
+
+    FP32 = "fp32"
+    FP16 = "fp16"
+    INT8 = "int8"
+    PREPROCESS = "preprocess"
+
+    @property
+    def file(self) -> str:
+        return _VARIANT_FILES[self]
+
+    @property
+    def tolerance(self) -> Tolerance:
+        return {Variant.FP16: FP16_TOLERANCE, Variant.INT8: INT8_TOLERANCE}.get(
+            self, FP32_TOLERANCE
+        )
+
+    @property
+    def input_format(self) -> InputFormat:
+        return InputFormat.UINT8_IMAGE if self is Variant.PREPROCESS else InputFormat.NORMALIZED
+
+    @property
+    def input_name(self) -> str:
+        return IMAGE_INPUT_NAME if self is Variant.PREPROCESS else INPUT_NAME
+
+    @property
+    def suffix(self) -> str:
+        """Backend-name suffix: ``onnxruntime-cpu`` + ``-fp16`` etc. (fp32 has none)."""
+        return {Variant.FP32: "", Variant.PREPROCESS: "-preproc"}.get(self, f"-{self.value}")
+
+    @classmethod
+    def from_file(cls, name: str) -> Variant | None:
+        return next((v for v in cls if v.file == name), None)
+
+
+_VARIANT_FILES = {
+    Variant.FP32: ONNX_FILE,
+    Variant.FP16: "model.fp16.onnx",
+    Variant.INT8: "model.int8.onnx",
+    Variant.PREPROCESS: "model.preprocess.onnx",
+}
+KNOWN_FILES = (*CORE_FILES, *(v.file for v in Variant if v is not Variant.FP32), MANIFEST_FILE)
+
+
+def parse_variant(text: str) -> Variant:
+    try:
+        return Variant(text.strip().lower())
+    except ValueError:
+        raise ConfigError(
+            f"unknown variant {text!r}; choose from: {', '.join(v.value for v in Variant)}"
+        ) from None
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    sha256: str
+    bytes: int
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """``manifest.json``: the spec, tool versions and every artifact's sha256 and size."""
+
+    spec: ModelSpec
+    versions: dict[str, str]
+    files: dict[str, FileEntry]
+    format: int = FORMAT_VERSION
+
+    @classmethod
+    def build(
+        cls, directory: Path, spec: ModelSpec, versions: dict[str, str], files: list[str]
+    ) -> Manifest:
+        """Hash ``files`` (names relative to ``directory``)."""
+        return cls(
+            spec,
+            dict(versions),
+            {
+                name: FileEntry(sha256_of(directory / name), (directory / name).stat().st_size)
+                for name in sorted(files)
+            },
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": self.format,
+            "spec": self.spec.to_dict(),
+            "versions": self.versions,
+            "files": {n: {"sha256": e.sha256, "bytes": e.bytes} for n, e in self.files.items()},
+        }
+
+    def write(self, directory: Path) -> Path:
+        return atomic_write_text(directory / MANIFEST_FILE, json.dumps(self.to_dict(), indent=2))
+
+    @classmethod
+    def read(cls, directory: Path) -> Manifest:
+        """Parse and validate the shape of ``directory/manifest.json``; raises
+        :class:`ArtifactError` saying what is wrong with it."""
+        path = directory / MANIFEST_FILE
+        if not path.is_file():
+            raise ArtifactError(
+                f"{directory} has no {MANIFEST_FILE}; is it a resnext-deploy export?"
+            )
+        try:
+            data = json.loads(path.read_bytes().decode("utf-8"))
+        except UnicodeDecodeError:
+            raise ArtifactError(f"{path} is not UTF-8 text; the manifest is corrupt") from None
+        except json.JSONDecodeError as exc:
+            raise ArtifactError(
+                f"{path} is not valid JSON ({exc.msg}, line {exc.lineno})"
+            ) from None
+        if not isinstance(data, dict):
+            raise ArtifactError(f"{path} must hold a JSON object")
+        files, spec = data.get("files"), data.get("spec")
+        if not isinstance(files, dict):
+            raise ArtifactError(f"{path}: 'files' must be an object of name -> sha256 and bytes")
+        if not isinstance(spec, dict):
+            raise ArtifactError(f"{path}: 'spec' must be an object")
+        entries = {}
+        for name, entry in files.items():
+            ok = (
+                isinstance(entry, dict)
+                and isinstance(entry.get("sha256"), str)
+                and isinstance(entry.get("bytes"), int)
+                and not isinstance(entry.get("bytes"), bool)
+            )
+            if not ok:
+                raise ArtifactError(f"{path}: entry {name!r} needs a 'sha256' string and 'bytes'")
+            if Path(name).name != name or name in (".", ".."):
+                raise ArtifactError(f"{path}: entry {name!r} is not a plain file name")
+            entries[name] = FileEntry(entry["sha256"], entry["bytes"])
+        versions = data.get("versions") or {}
+        if not isinstance(versions, dict):
+            raise ArtifactError(f"{path}: 'versions' must be an object")
+        try:
+            parsed_spec = ModelSpec.from_dict(spec)
+        except ConfigError as exc:
+            raise ArtifactError(f"{path}: invalid spec ({exc})") from None
+        fmt = data.get("format", FORMAT_VERSION)
+        return cls(parsed_spec, {str(k): str(v) for k, v in versions.items()}, entries, fmt)
+
+    def check(self, directory: Path, *, hashes: bool = True) -> list[str]:
+        """Check completeness and integrity; return the files on disk the manifest leaves out.
+
+        Raises :class:`ArtifactError` for a core file the manifest does not list, and for any
+        listed file that is missing, of the wrong size or (with ``hashes``) the wrong sha256.
+        """
+        missing = [name for name in CORE_FILES if name not in self.files]
+        if missing:
+            raise ArtifactError(
+                f"{directory / MANIFEST_FILE} does not list {', '.join(missing)}: the manifest is "
+                "incomplete or was edited; re-export"
+            )
+        for name, entry in self.files.items():
+            path = directory / name
+            if not path.is_file():
+                raise ArtifactError(f"{path} is listed in the manifest but missing")
+            size = path.stat().st_size
+            if size != entry.bytes:
+                raise ArtifactError(
+                    f"{path} is {size} bytes, the manifest says {entry.bytes}: "
+                    "truncated or replaced; re-export it"
+                )
+            if hashes and sha256_of(path) != entry.sha256:
+                raise ArtifactError(
+                    f"{path} does not match its sha256 in the manifest: modified after export; "
+                    "re-export it"
+                )
+        return sorted(
+            p.name
+            for p in directory.iterdir()
+            if p.name not in self.files and p.name != MANIFEST_FILE
+        )
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A checked export directory. Only files the manifest lists are ever used."""
+
+    path: Path
+    manifest: Manifest
+    unlisted: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def spec(self) -> ModelSpec:
+        return self.manifest.spec
+
+    @property
+    def versions(self) -> dict[str, str]:
+        return dict(self.manifest.versions)
+
+    def file(self, name: str | Variant) -> Path:
+        return self.path / (name.file if isinstance(name, Variant) else name)
+
+    def has(self, name: str | Variant) -> bool:
+        return (name.file if isinstance(name, Variant) else name) in self.manifest.files
+
+    @property
+    def variants(self) -> tuple[Variant, ...]:
+        """The ONNX variants this export holds, fp32 first."""
+        return tuple(v for v in Variant if self.has(v))
+
+    def require(self, variant: Variant) -> Path:
+        if not self.has(variant):
+            how = "--embed-preprocess" if variant is Variant.PREPROCESS else "--precision"
+            raise ArtifactError(
+                f"{self.path} has no {variant.value} variant ({variant.file}); export it with "
+                f"{how} {variant.value if how == '--precision' else ''}".rstrip()
+            )
+        return self.file(variant)
+
+
+def open_artifact(directory: str | Path, *, check_hashes: bool = True) -> Artifact:
+    """Read ``manifest.json`` and check the directory against it (see :meth:`Manifest.check`).
+
+    Raises :class:`ArtifactError` naming the first missing, unlisted core, truncated or modified
+    file.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise ArtifactError(f"export directory not found: {directory}")
+    manifest = Manifest.read(directory)
+    unlisted = manifest.check(directory, hashes=check_hashes)
+    return Artifact(directory, manifest, tuple(unlisted))

@@ -1,0 +1,215 @@
+"""Benchmark result files: JSON (everything), CSV (one row per measurement), Markdown and a PNG
+plot, all written atomically from a :class:`BenchReport`."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+from typing import Any
+
+from resnext_deploy.bench.report import BenchReport
+from resnext_deploy.fileio import atomic_write_text, save_figure
+
+STAT_FIELDS = (
+    "n",
+    "p50_ms",
+    "p90_ms",
+    "p95_ms",
+    "p99_ms",
+    "mean_ms",
+    "std_ms",
+    "min_ms",
+    "max_ms",
+    "iqr_ms",
+    "cv",
+    "images_per_s",
+    "ms_per_image",
+)
+EXTENSIONS = ("json", "csv", "md", "png")
+
+
+def report_paths(out_dir: Path, name: str) -> dict[str, Path]:
+    return {ext: out_dir / f"{name}.{ext}" for ext in EXTENSIONS}
+
+
+def write_reports(report: BenchReport, out_dir: Path, name: str) -> dict[str, Path]:
+    """Write ``name.json``, ``.csv``, ``.md`` and ``.png`` under ``out_dir``; returns the paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = report_paths(out_dir, name)
+    report.save(paths["json"])
+    atomic_write_text(paths["csv"], to_csv(report))
+    atomic_write_text(paths["md"], to_markdown(report, plot_name=paths["png"].name))
+    plot(report, paths["png"])
+    return paths
+
+
+def to_csv(report: BenchReport) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(
+        [
+            "model",
+            "provider",
+            "threads",
+            "backend",
+            "batch_size",
+            "status",
+            "first_call_ms",
+            *STAT_FIELDS,
+            "speedup_vs_eager",
+            "e2e_p50_ms",
+            "rss_mb",
+            "peak_rss_mb",
+            "device_memory_mb",
+            "error",
+        ]
+    )
+    for m in report.results:
+        s = m.stats.to_dict() if m.stats else {}
+        writer.writerow(
+            [
+                report.model,
+                report.provider,
+                report.threads,
+                m.backend,
+                m.batch_size,
+                m.status.value,
+                _num(m.first_call_ms),
+                *(_num(s.get(f)) for f in STAT_FIELDS),
+                _num(m.speedup_vs_eager),
+                _num(m.end_to_end.p50_ms if m.end_to_end else None),
+                _num(m.rss_mb),
+                _num(m.peak_rss_mb),
+                _num(m.device_memory_mb),
+                m.error,
+            ]
+        )
+    return buffer.getvalue()
+
+
+def to_markdown(report: BenchReport, plot_name: str | None = None) -> str:
+    env = report.environment
+    gpu = (env.get("gpu") or {}).get("name", "none")
+    has_e2e = any(m.end_to_end for m in report.results)
+    lines = [
+        f"# {report.arch} at {report.input_size}x{report.input_size}: "
+        f"{report.provider.upper()} benchmark",
+        "",
+        f"- command: `{report.command or 'resnext-deploy bench'}`",
+        f"- machine: {env.get('cpu')} ({env.get('cpu_count')} cores), GPU: {gpu}; "
+        f"{report.threads} threads; {env.get('date')}",
+        f"- versions: {', '.join(f'{k} {v}' for k, v in env.get('versions', {}).items())}",
+        f"- {report.gmacs_per_image:.2f} GMACs per image; latency is the median (p50) of one "
+        "call on a pre-bound batch; x eager = eager p50 / backend p50 at the same batch size"
+        + ("; e2e = with host<->device copies" if has_e2e else ""),
+        "",
+        "| backend | batch | p50 ms | p90 ms | p99 ms | mean ± std ms | images/s | x eager "
+        + ("| e2e p50 ms " if has_e2e else "")
+        + "| first call ms | RSS MiB |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | "
+        + ("---: | " if has_e2e else "")
+        + "---: | ---: |",
+    ]
+    for m in report.results:  # batch-major, backends in the order they ran
+        s = m.stats
+        if s is None:
+            blanks = "| " * (8 if has_e2e else 7)
+            lines.append(
+                f"| {m.backend} | {m.batch_size} | {m.status.value}: {m.error[:80]} {blanks}|"
+            )
+            continue
+        speed = f"{m.speedup_vs_eager:.2f}" if m.speedup_vs_eager else ""
+        e2e = (
+            f"{m.end_to_end.p50_ms:.2f} | "
+            if has_e2e and m.end_to_end
+            else (" | " if has_e2e else "")
+        )
+        lines.append(
+            f"| {m.backend} | {m.batch_size} | {s.p50_ms:.2f} | {s.p90_ms:.2f} | "
+            f"{s.p99_ms:.2f} | {s.mean_ms:.2f} ± {s.std_ms:.2f} | {s.images_per_s:.1f} | "
+            f"{speed} | {e2e}{_num(m.first_call_ms, '.1f')} | {m.rss_mb or 0:.0f} |"
+        )
+    lines.append("")
+    if report.best:
+        best = ", ".join(f"batch {b}: {n}" for b, n in report.best.items())
+        lines += [f"Fastest backend per batch size: {best}.", ""]
+    if report.tuning:
+        best = ", ".join(f"batch {b}: {n}" for b, n in report.tuning.items())
+        lines += [f"Best provider configuration per batch size: {best}.", ""]
+    if report.overhead:
+        o = report.overhead
+        lines += [
+            f"Harness overhead ({o.get('backend')}, batch 1): {o['cost_us']:.2f} us per timed "
+            "call (harness loop minus bare loop around an empty call) = "
+            f"{o['overhead_pct']:.4f}% of the {o['bare_ms']:.2f} ms bare-loop latency. Paired "
+            f"check around the real call (alternating blocks, medians): {o['paired_pct']:+.1f}%, "
+            "which measures this machine's noise more than the harness.",
+            "",
+        ]
+    f = report.compute_floor
+    if f and f.get("floor_ms_per_image") and f.get("best_batch1_ms"):
+        lines += [
+            f"Compute floor: {f['gflop_per_image']:.2f} GFLOP per image / "
+            f"{f['peak_gflops']:.0f} GFLOP/s peak (the larger of the nominal "
+            f"{f['peak_gflops_nominal'] or 0:.0f} GFLOP/s = {f['nominal_basis']}, and "
+            f"{f['peak_gflops_matmul']:.0f} GFLOP/s measured on a 2048^3 MatMul) = "
+            f"{f['floor_ms_per_image']:.1f} ms per image. Best path: "
+            f"{f['best_batch1_ms']:.1f} ms at batch 1 ({f['efficiency_batch1']:.0%} of the "
+            f"floor), {f['best_ms_per_image']:.1f} ms per image at best "
+            f"({f['efficiency_best']:.0%}).",
+            "",
+        ]
+    if plot_name:
+        lines += [f"![throughput and latency against batch size]({plot_name})", ""]
+    return "\n".join(lines)
+
+
+def plot(report: BenchReport, path: Path) -> Path:
+    """Throughput and median latency against batch size, one line per backend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import ScalarFormatter
+
+    fig, (thr, lat) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for backend in report.backend_names():
+        rows = [m for m in report.rows() if m.backend == backend]
+        if not rows:
+            continue
+        bs = [m.batch_size for m in rows]
+        stats = [m.stats for m in rows if m.stats]
+        thr.plot(bs, [s.images_per_s for s in stats], "o-", label=backend)
+        lat.errorbar(
+            bs,
+            [s.p50_ms for s in stats],
+            yerr=[[s.p50_ms - s.min_ms for s in stats], [s.p90_ms - s.p50_ms for s in stats]],
+            fmt="o-",
+            capsize=3,
+            label=backend,
+        )
+    thr.set(title="Throughput", xlabel="batch size", ylabel="images / s")
+    lat.set(title="Latency per call (p50, bars: min..p90)", xlabel="batch size", ylabel="ms")
+    lat.set_yscale("log")
+    for ax in (thr, lat):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(report.batch_sizes)
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.grid(alpha=0.3, which="both")
+    lat.yaxis.set_major_formatter(ScalarFormatter())
+    thr.legend(fontsize=8)
+    device = (report.environment.get("gpu") or {}).get("name") or report.environment.get("cpu", "")
+    fig.suptitle(
+        f"{report.arch} {report.input_size}px, {report.provider}, {report.threads} threads — "
+        f"{device}",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def _num(value: Any, fmt: str = ".6g") -> str:
+    if value is None:
+        return ""
+    return format(value, fmt) if isinstance(value, float) else str(value)

@@ -1,0 +1,130 @@
+"""The model one replica serves: a checked export's variant in an onnxruntime session built
+through the provider guard, its tensors as the protocol describes them, and the image path
+that preprocesses exactly as ``predict`` does. Ray-free, so it is tested without a cluster."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from resnext_deploy.artifact import OUTPUT_NAME, InputFormat, open_artifact
+from resnext_deploy.predict import Prediction, softmax, top_predictions
+from resnext_deploy.preprocess import preprocess, resize_and_crop
+from resnext_deploy.runtime.ort import OrtRunner
+from resnext_deploy.runtime.providers import CudaOptions, Provider, SessionConfig
+from resnext_deploy.serve.config import ServeConfig
+from resnext_deploy.serve.protocol import ORT_TO_V2, TensorSpec
+from resnext_deploy.errors import ArtifactError
+
+PLATFORM = "onnxruntime_onnx"
+
+
+def session_config(config: ServeConfig) -> SessionConfig:
+    """The session a replica runs. On CUDA: TF32 off, because ``verify`` checks CUDA parity
+    with TF32 off and the server must run what was verified; cuDNN's ``HEURISTIC`` algorithm
+    choice, because dynamic batching feeds every batch size from 1 to the maximum and the
+    default exhaustive search would time each new size on a user's request."""
+    return SessionConfig(
+        provider=config.provider,
+        cuda=CudaOptions(use_tf32=False, cudnn_conv_algo_search="HEURISTIC"),
+        intra_op_threads=config.threads,
+    )
+
+
+def _tensor(meta: object) -> TensorSpec:
+    name, type_, shape = meta.name, meta.type, meta.shape  # type: ignore[attr-defined]
+    if type_ not in ORT_TO_V2:
+        raise ArtifactError(f"tensor {name!r} has type {type_}, which this server cannot carry")
+    return TensorSpec(name, ORT_TO_V2[type_], tuple(d if isinstance(d, int) else -1 for d in shape))
+
+
+class ServedModel:
+    """Opens ``config.export_dir`` (checked against its manifest), loads the variant and
+    describes its tensors. Raises :class:`ArtifactError` for a missing, modified or unsuitable
+    export and :class:`ProviderUnavailableError` when the provider cannot start."""
+
+    def __init__(self, config: ServeConfig) -> None:
+        artifact = open_artifact(config.export_dir, check_hashes=config.check_hashes)
+        path = artifact.require(config.variant)
+        self.spec = artifact.spec
+        self.labels = self.spec.labels()
+        self.name = config.name_for(self.spec.arch)
+        self.variant = config.variant
+        self.max_batch_size = config.max_batch_size
+        self.runner = OrtRunner(path, session_config(config), name=f"serve-{self.name}")
+        session = self.runner.session
+        inputs = session.get_inputs()
+        if len(inputs) != 1:
+            raise ArtifactError(f"{path} has {len(inputs)} inputs; a served model needs one")
+        self.input = _tensor(inputs[0])
+        self.outputs = tuple(_tensor(o) for o in session.get_outputs())
+        if self.input.shape[0] != -1 or -1 in self.input.shape[1:]:
+            raise ArtifactError(f"{path}: the input needs a dynamic batch axis and fixed other axes")
+        if OUTPUT_NAME not in self.output_names:
+            raise ArtifactError(f"{path} has no {OUTPUT_NAME!r} output")
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return tuple(o.name for o in self.outputs)
+
+    @property
+    def provider(self) -> Provider:
+        return self.runner.config.provider
+
+    def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """Every output of the model for ``batch`` (run whole, in one session call)."""
+        values = self.runner.session.run(None, {self.input.name: batch})
+        return dict(zip(self.output_names, values, strict=True))
+
+    def image_rows(self, rgb: np.ndarray) -> np.ndarray:
+        """One image as a batch of one model input, preprocessed as ``predict`` does (the
+        graph with preprocessing inside takes the resized, cropped uint8 pixels)."""
+        if self.variant.input_format is InputFormat.UINT8_IMAGE:
+            return resize_and_crop(rgb, self.spec)[None]
+        return preprocess([rgb], self.spec)
+
+    def top_k(self, outputs: dict[str, np.ndarray], name: str, k: int) -> Prediction:
+        """Top-``k`` labels and probabilities of one image, from its logits as ``predict``."""
+        probs = softmax(outputs[OUTPUT_NAME].astype(np.float64))
+        return top_predictions(probs, self.labels, [name], k)[0]
+
+    def warm_up(self) -> None:
+        """Run batch 1 (and, on a GPU, the largest batch) once, so that session start-up and
+        cuDNN's algorithm choice do not land on the first user request."""
+        sizes = (1, self.max_batch_size) if self.provider is not Provider.CPU else (1,)
+        for size in sizes:
+            self.run(np.zeros((size, *self.input.shape[1:]), dtype=self.input.dtype))
+
+    def metadata(self) -> dict[str, object]:
+        """The protocol's model metadata (``GET /v2/models/<name>``)."""
+        return {
+            "name": self.name,
+            "versions": ["1"],
+            "platform": PLATFORM,
+            "inputs": [self.input.to_dict()],
+            "outputs": [o.to_dict() for o in self.outputs],
+        }
+
+    def triton_config(self) -> dict[str, object]:
+        """Triton's model configuration in its JSON form (``GET /v2/models/<name>/config``)."""
+
+        def tensor(t: TensorSpec, labels: bool) -> dict[str, object]:
+            entry: dict[str, object] = {
+                "name": t.name,
+                "data_type": f"TYPE_{t.datatype}",
+                "dims": list(t.shape[1:]),
+            }
+            if labels:
+                entry["label_filename"] = "labels.txt"
+            return entry
+
+        return {
+            "name": self.name,
+            "platform": PLATFORM,
+            "backend": "onnxruntime",
+            "max_batch_size": self.max_batch_size,
+            "input": [tensor(self.input, False)],
+            "output": [tensor(o, len(o.shape) == 2) for o in self.outputs],
+        }
+
+    def close(self) -> None:
+        self.runner.close()
