@@ -1,16 +1,30 @@
 """The public Python API in one place (imports torch; the torch-free path is
-:mod:`resnext_deploy.predict`)."""
+:mod:`resnext_deploy.predict`, :mod:`resnext_deploy.artifact` and :mod:`resnext_deploy.runtime.ort`).
+"""
 
+from resnext_deploy.artifact import (
+    Artifact,
+    Manifest,
+    Precision,
+    Tolerance,
+    Variant,
+    open_artifact,
+)
+from resnext_deploy.bench.backends import DEFAULT_BACKENDS, BenchBackend
+from resnext_deploy.bench.report import BenchReport, load_report
+from resnext_deploy.bench.run import BenchConfig, run_benchmark
 from resnext_deploy.errors import (
     ArtifactError,
+    BenchmarkError,
     CheckpointError,
     ConfigError,
+    DataError,
     DeployError,
     ExportError,
     ParityError,
     ProviderUnavailableError,
 )
-from resnext_deploy.artifact import Artifact, Variant, open_artifact
+from resnext_deploy.export.calibration import CalibrationConfig
 from resnext_deploy.export.pipeline import (
     ExportConfig,
     ExportResult,
@@ -19,8 +33,9 @@ from resnext_deploy.export.pipeline import (
 )
 from resnext_deploy.models.checkpoint import LoadOptions, load_model, read_checkpoint
 from resnext_deploy.models.registry import ARCHS, build_model, describe
-from resnext_deploy.artifact import Tolerance
 from resnext_deploy.parity import ParityReport
+from resnext_deploy.predict import Classifier
+from resnext_deploy.runtime.base import BoundCall, Runner
 from resnext_deploy.runtime.ort import OrtRunner
 from resnext_deploy.runtime.providers import (
     CudaOptions,
@@ -31,30 +46,44 @@ from resnext_deploy.runtime.providers import (
 )
 from resnext_deploy.runtime.torch_runners import EagerRunner, TorchScriptRunner
 from resnext_deploy.spec import ArchConfig, ModelSpec
+from resnext_deploy.timing import Timing
 from resnext_deploy.verify import VerifyConfig, verify_artifact
 
 __all__ = [
     "ARCHS",
+    "DEFAULT_BACKENDS",
     "ArchConfig",
     "Artifact",
     "ArtifactError",
+    "BenchBackend",
+    "BenchConfig",
+    "BenchReport",
+    "BenchmarkError",
+    "BoundCall",
+    "CalibrationConfig",
     "CheckpointError",
+    "Classifier",
     "ConfigError",
     "CudaOptions",
+    "DataError",
     "DeployError",
     "EagerRunner",
     "ExportConfig",
     "ExportError",
     "ExportResult",
     "LoadOptions",
+    "Manifest",
     "ModelSpec",
     "OrtRunner",
     "ParityError",
     "ParityReport",
+    "Precision",
     "Provider",
     "ProviderUnavailableError",
+    "Runner",
     "SessionConfig",
     "TensorRTOptions",
+    "Timing",
     "Tolerance",
     "TorchScriptRunner",
     "Variant",
@@ -65,7 +94,9 @@ __all__ = [
     "export_checkpoint",
     "export_model",
     "load_model",
+    "load_report",
     "open_artifact",
     "read_checkpoint",
+    "run_benchmark",
     "verify_artifact",
 ]

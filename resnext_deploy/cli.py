@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -20,9 +22,11 @@ from rich.console import Console
 from rich.markup import escape
 from typer.core import TyperGroup
 
+from resnext_deploy.artifact import Precision, Variant
 from resnext_deploy.bench.backends import BenchBackend
 from resnext_deploy.errors import DeployError
-from resnext_deploy.runtime.providers import Provider
+from resnext_deploy.runtime.providers import ConvAlgoSearch, Provider
+from resnext_deploy.spec import Layout, Optimizer
 
 USAGE_EXIT_CODE = 1  # as for every other bad input (README, "Commands")
 
@@ -66,6 +70,12 @@ app = typer.Typer(
 out = Console()
 err = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+class OutputFormat(StrEnum):
+    TABLE = "table"
+    JSON = "json"
+    CSV = "csv"
 
 
 def handles_errors(func: F) -> F:
@@ -115,8 +125,8 @@ def parse_floats3(text: str | None, what: str) -> tuple[float, float, float] | N
         values = tuple(float(v) for v in text.split(","))
     except ValueError:
         values = ()
-    if len(values) != 3:
-        raise ConfigError(f"{what} needs three comma-separated numbers, got {text!r}")
+    if len(values) != 3 or not all(math.isfinite(v) for v in values):
+        raise ConfigError(f"{what} needs three comma-separated finite numbers, got {text!r}")
     return values  # type: ignore[return-value]
 
 
@@ -139,6 +149,17 @@ def command_line() -> str:
     return "resnext-deploy " + " ".join(sys.argv[1:])
 
 
+def warn_unlisted(artifact: Any) -> None:
+    """Files in an export that its manifest does not list are never used; say so on stderr."""
+    if artifact.unlisted:
+        err.print(
+            f"[yellow]warning:[/] {escape(str(artifact.path))} holds files its manifest does not "
+            f"list, which are not used: {escape(', '.join(artifact.unlisted))}",
+            highlight=False,
+            soft_wrap=True,
+        )
+
+
 def emit_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
 
@@ -149,8 +170,6 @@ def models(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """List the registered architectures with parameters and GMACs."""
-    from rich.table import Table
-
     from resnext_deploy.models.registry import ARCHS, describe
 
     infos = [describe(name) for name in ARCHS.names()]
@@ -162,26 +181,9 @@ def models(
             ]
         )
         return
-    table = Table(title="Registered architectures (1000 classes, default input size)")
-    for col in ("name", "blocks", "C", "d", "stem", "input", "params M", "GMACs"):
-        table.add_column(col, justify="left" if col in ("name", "stem") else "right", no_wrap=True)
-    for i in infos:
-        c = i.config
-        table.add_row(
-            i.name,
-            "/".join(map(str, c.layers)),
-            str(c.cardinality),
-            str(c.base_width),
-            c.stem,
-            str(c.input_size),
-            f"{i.params / 1e6:.2f}",
-            f"{i.gmacs:.2f}",
-        )
-    out.print(table)
-    out.print(
-        "C = cardinality (groups), d = channels per group in the first stage; "
-        "GMACs = multiply-accumulates per image, as torchvision counts them."
-    )
+    from resnext_deploy.render import print_models
+
+    print_models(out, infos)
 
 
 @app.command()
@@ -202,33 +204,40 @@ def export(
     ] = None,
     num_classes: Annotated[
         int | None,
-        typer.Option(help="Check the classifier has this many classes \\[default: inferred]."),
+        typer.Option(
+            min=1, help="Check the classifier has this many classes \\[default: inferred]."
+        ),
     ] = None,
     class_names: Annotated[str | None, typer.Option(help="Comma-separated names or @file.")] = None,
     layout: Annotated[
-        str | None,
-        typer.Option(help="Checkpoint layout: torchvision, modulelist, parts \\[default: detected]."),
+        Layout | None,
+        typer.Option(
+            help="Checkpoint layout \\[default: detected from the keys].", show_default=False
+        ),
     ] = None,
-    input_size: Annotated[int | None, typer.Option(help="Input side in pixels.")] = None,
-    resize: Annotated[int | None, typer.Option(help="Shorter side before the centre crop.")] = None,
+    input_size: Annotated[int | None, typer.Option(min=1, help="Input side in pixels.")] = None,
+    resize: Annotated[
+        int | None, typer.Option(min=1, help="Shorter side before the centre crop.")
+    ] = None,
     mean: Annotated[
         str | None, typer.Option(help="Normalisation mean, e.g. 0.485,0.456,0.406")
     ] = None,
     std: Annotated[
         str | None, typer.Option(help="Normalisation std, e.g. 0.229,0.224,0.225")
     ] = None,
-    opset: Annotated[int, typer.Option(help="ONNX opset (>= 18).")] = 20,
+    opset: Annotated[int, typer.Option(help="ONNX opset (18 to the newest onnx knows).")] = 20,
     image: Annotated[
         list[Path] | None, typer.Option(help="Image or folder for the parity gate (repeatable).")
     ] = None,
     batch_sizes: Annotated[str, typer.Option(help="Parity batch sizes.")] = "1,2,3,8",
     precision: Annotated[
-        str,
+        list[Precision] | None,
         typer.Option(
-            help="fp32 and any of fp16, int8, comma-separated "
-            "(fp32 is always written: the others derive from it)."
+            help="Variants to write besides fp32 (repeatable, e.g. --precision fp16 --precision "
+            "int8); fp32 is always written: the others derive from it.",
+            show_default=False,
         ),
-    ] = "fp32",
+    ] = None,
     calibration: Annotated[
         str | None,
         typer.Option(
@@ -251,9 +260,8 @@ def export(
     """Export a checkpoint to TorchScript and ONNX, gated by a parity check."""
     from resnext_deploy.export.calibration import CalibrationConfig
     from resnext_deploy.export.pipeline import ExportConfig, export_checkpoint
-    from resnext_deploy.export.variants import parse_precisions
     from resnext_deploy.models.checkpoint import LoadOptions
-    from resnext_deploy.render import print_parity
+    from resnext_deploy.render import print_export
     from resnext_deploy.verify import VerifyConfig
 
     load = LoadOptions(
@@ -274,7 +282,7 @@ def export(
         opset=opset,
         overwrite=force,
         verify=verify,
-        precisions=parse_precisions(precision),
+        precisions=tuple(p for p in Precision if p is Precision.FP32 or p in (precision or ())),
         embed_preprocess=embed_preprocess,
         calibration=CalibrationConfig(source=calibration, min_agreement=int8_min_agreement),
     )
@@ -291,23 +299,7 @@ def export(
             }
         )
         return
-    print_parity(out, result.parity)
-    groups = ", ".join(f"{n}x group={g}" for g, n in result.convs.by_group.items())
-    out.print(f"ONNX convolutions: {result.convs.total} ({groups})")
-    for name, size in result.files.items():
-        out.print(f"  {result.out_dir / name}  {size / 1e6:.1f} MB")
-    if result.int8:
-        q = result.int8
-        out.print(
-            f"int8: {q.fp32_bytes / 1e6:.1f} MB -> {q.int8_bytes / 1e6:.1f} MB, batch-1 "
-            f"{q.fp32_ms:.1f} ms -> {q.int8_ms:.1f} ms ({q.speedup:.2f}x), top-1 agreement "
-            f"with fp32 {q.top1_agreement:.2%} on {q.held_out_images} held-out images "
-            f"(calibrated on {q.calibration_images})"
-        )
-    out.print(
-        f"[green]exported[/] {result.spec.arch} ({result.spec.num_classes} classes) "
-        f"to {result.out_dir}"
-    )
+    print_export(out, result)
 
 
 @app.command()
@@ -324,6 +316,13 @@ def verify(
         ),
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the random inputs.")] = 0,
+    localize: Annotated[
+        bool,
+        typer.Option(
+            help="Compare every ONNX variant layer by layer with eager and name the first module "
+            "beyond tolerance (done for failing backends anyway)."
+        ),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Check eager vs TorchScript vs onnxruntime parity of an export (exit 1 on failure)."""
@@ -332,6 +331,7 @@ def verify(
     from resnext_deploy.verify import VerifyConfig, verify_artifact
 
     artifact = open_artifact(export_dir)
+    warn_unlisted(artifact)
     config = VerifyConfig(
         batch_sizes=parse_ints(batch_sizes, "--batch-sizes"),
         images=tuple(image or ()),
@@ -341,11 +341,30 @@ def verify(
     )
     with err.status("comparing backends ..."):
         report = verify_artifact(artifact, config)
+    from resnext_deploy.localize import LocalizeConfig, localization_targets, localize_artifact
+
+    where = LocalizeConfig(images=tuple(image or ()), seed=seed)
+    targets = localization_targets(report, artifact, where, everything=localize)
+    localization = None
+    if targets:
+        with err.status("comparing layer by layer ..."):
+            localization = localize_artifact(artifact, where, targets)
     if as_json:
-        emit_json(report.to_dict())
+        extra = {"localization": localization.to_dict()} if localization else {}
+        emit_json(report.to_dict() | extra)
     else:
+        from resnext_deploy.render import print_localization
+
         print_parity(out, report)
+        if localization:
+            print_localization(out, localization)
     if not report.passed:
+        failed = ", ".join(b.backend for b in report.backends if not b.passed)
+        err.print(
+            f"[bold red]error:[/] parity check failed for {escape(failed)} (see the report)",
+            highlight=False,
+            soft_wrap=True,
+        )
         raise typer.Exit(1)
 
 
@@ -378,19 +397,22 @@ def train(
     ] = "digits",
     arch: Annotated[str, typer.Option(help="Registered architecture.")] = "resnext11_mini",
     out_dir: Annotated[Path, typer.Option("--out", help="Run directory.")] = Path("runs/train"),
-    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 10,
-    batch_size: Annotated[int, typer.Option(help="Batch size.")] = 64,
+    epochs: Annotated[int, typer.Option(min=1, help="Training epochs.")] = 10,
+    batch_size: Annotated[int, typer.Option(min=1, help="Batch size.")] = 64,
     lr: Annotated[float, typer.Option(help="Learning rate.")] = 1e-3,
-    optimizer: Annotated[str, typer.Option(help="adam, adamw or sgd.")] = "adam",
-    weight_decay: Annotated[float, typer.Option(help="Weight decay.")] = 0.0,
+    optimizer: Annotated[Optimizer, typer.Option(help="Optimizer.")] = Optimizer.ADAM,
+    weight_decay: Annotated[float, typer.Option(min=0.0, help="Weight decay.")] = 0.0,
     input_size: Annotated[
-        int | None, typer.Option(help="Input side \\[default: the arch's].")
+        int | None, typer.Option(min=1, help="Input side \\[default: the arch's].")
     ] = None,
     val_fraction: Annotated[
         float, typer.Option(help="Validation share when there is no train/ + val/.")
     ] = 0.2,
     augment: Annotated[bool, typer.Option(help="Random flips and shifts.")] = False,
     seed: Annotated[int, typer.Option(help="Seed for split, init and shuffling.")] = 0,
+    force: Annotated[
+        bool, typer.Option(help="Replace the trained model of an earlier run in --out.")
+    ] = False,
 ) -> None:
     """Train a ResNeXt; the best epoch is saved with its spec, ready for `export`."""
     from resnext_deploy.render import RichTrainObserver, print_training
@@ -410,6 +432,7 @@ def train(
         val_fraction=val_fraction,
         input_size=input_size,
         augment=augment,
+        overwrite=force,
     )
     with RichTrainObserver(err) as observer:
         result = run_training(config, observer)
@@ -421,24 +444,26 @@ def train(
 def predict(
     model: Annotated[Path, typer.Argument(help="model.onnx or an export directory.")],
     images: Annotated[list[Path], typer.Argument(help="Image files or folders.")],
-    top_k: Annotated[int, typer.Option(help="Labels per image.")] = 5,
-    batch_size: Annotated[int, typer.Option(help="Images per inference call.")] = 16,
+    top_k: Annotated[int, typer.Option(min=1, help="Labels per image.")] = 5,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per inference call.")] = 16,
     provider: Annotated[Provider, typer.Option(help="onnxruntime provider.")] = Provider.CPU,
-    fmt: Annotated[str, typer.Option("--format", help="table, json or csv.")] = "table",
+    fmt: Annotated[
+        OutputFormat, typer.Option("--format", help="Output format.")
+    ] = OutputFormat.TABLE,
 ) -> None:
     """Top-k labels with probabilities, using only onnxruntime, numpy and Pillow (no torch).
 
     Unreadable files are reported by name and skipped; the exit status is 1 if any were.
     """
-    from resnext_deploy.errors import ConfigError
+    from resnext_deploy.artifact import MANIFEST_FILE, open_artifact
     from resnext_deploy.predict import Classifier, predict_paths
     from resnext_deploy.runtime.providers import SessionConfig
 
-    if fmt not in ("table", "json", "csv"):
-        raise ConfigError(f"--format must be table, json or csv, not {fmt!r}")
-    classifier = Classifier(model, SessionConfig(provider=provider))
-    result = predict_paths(classifier, images, top_k, batch_size)
-    if fmt == "json":
+    if (model / MANIFEST_FILE).is_file():
+        warn_unlisted(open_artifact(model, check_hashes=False))
+    with Classifier(model, SessionConfig(provider=provider)) as classifier:
+        result = predict_paths(classifier, images, top_k, batch_size)
+    if fmt is OutputFormat.JSON:
         emit_json(
             {
                 "model": str(model),
@@ -446,22 +471,16 @@ def predict(
                 "failures": result.failures,
             }
         )
-    elif fmt == "csv":
-        import csv
+    elif fmt is OutputFormat.CSV:
+        from resnext_deploy.render import predictions_csv
 
-        writer = csv.writer(sys.stdout)
-        writer.writerow(["file", "rank", "label", "index", "probability"])
-        for p in result.predictions:
-            for rank, (label, idx, prob) in enumerate(
-                zip(p.labels, p.indices, p.probabilities, strict=True), 1
-            ):
-                writer.writerow([p.file, rank, label, idx, f"{prob:.6f}"])
+        sys.stdout.write(predictions_csv(result.predictions))
     else:
         from resnext_deploy.render import print_predictions
 
         print_predictions(out, result.predictions)
     for failure in result.failures:
-        err.print(f"[red]skipped[/] {failure}", highlight=False)
+        err.print(f"[red]skipped[/] {escape(failure)}", highlight=False, soft_wrap=True)
     if result.failures:
         err.print(f"{len(result.failures)} file(s) could not be classified")
         raise typer.Exit(1)
@@ -502,7 +521,9 @@ def bench(
     checkpoint: Annotated[
         Path | None, typer.Option(help="Weights for an architecture name.")
     ] = None,
-    threads: Annotated[int | None, typer.Option(help="CPU threads \\[default: all cores].")] = None,
+    threads: Annotated[
+        int | None, typer.Option(min=1, help="CPU threads \\[default: all cores].")
+    ] = None,
     warmup: Annotated[int, typer.Option(help="Warm-up calls per batch size.")] = 3,
     min_iters: Annotated[int, typer.Option(help="Minimum timed calls.")] = 10,
     min_time: Annotated[float, typer.Option(help="Minimum seconds of timed calls.")] = 1.0,
@@ -515,8 +536,8 @@ def bench(
         ),
     ] = False,
     algo_search: Annotated[
-        str, typer.Option(help="cuDNN conv algo search: EXHAUSTIVE, HEURISTIC, DEFAULT.")
-    ] = "EXHAUSTIVE",
+        ConvAlgoSearch, typer.Option(help="cuDNN conv algo search.")
+    ] = ConvAlgoSearch.EXHAUSTIVE,
     max_workspace: Annotated[bool, typer.Option(help="cudnn_conv_use_max_workspace.")] = True,
     prefer_nhwc: Annotated[bool, typer.Option(help="prefer_nhwc (CUDA).")] = False,
     tf32: Annotated[bool, typer.Option(help="use_tf32 (CUDA).")] = True,
@@ -595,7 +616,7 @@ def compare(
     old: Annotated[Path, typer.Argument(help="Baseline JSON report.")],
     new: Annotated[Path, typer.Argument(help="New JSON report.")],
     threshold: Annotated[
-        float, typer.Option(help="Slowdown in percent that counts as a regression.")
+        float, typer.Option(min=0.0, help="Slowdown in percent that counts as a regression.")
     ] = 10.0,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
@@ -636,7 +657,7 @@ def triton(
         "triton-models"
     ),
     name: Annotated[str | None, typer.Option(help="Model name \\[default: the arch].")] = None,
-    variant: Annotated[str, typer.Option(help="fp32, fp16, int8 or preprocess.")] = "fp32",
+    variant: Annotated[Variant, typer.Option(help="Which ONNX file of the export.")] = Variant.FP32,
     max_batch_size: Annotated[int, typer.Option(help="Triton max_batch_size.")] = 32,
     preferred: Annotated[str | None, typer.Option(help="Preferred batch sizes, e.g. 8,16.")] = None,
     bench_report: Annotated[
@@ -651,8 +672,8 @@ def triton(
     ] = False,
     instances: Annotated[int, typer.Option(help="Instances per device.")] = 1,
     algo_search: Annotated[
-        str, typer.Option(help="cuDNN conv algo search for GPU instances.")
-    ] = "EXHAUSTIVE",
+        ConvAlgoSearch, typer.Option(help="cuDNN conv algo search for GPU instances.")
+    ] = ConvAlgoSearch.EXHAUSTIVE,
     force: Annotated[bool, typer.Option(help="Replace an existing repository.")] = False,
 ) -> None:
     """Write a Triton Inference Server model repository (onnxruntime backend) for an export."""
@@ -673,6 +694,9 @@ def triton(
         instances=instances,
         cuda=CudaOptions(cudnn_conv_algo_search=algo_search),
     )
+    from resnext_deploy.artifact import open_artifact
+
+    warn_unlisted(open_artifact(export_dir, check_hashes=False))  # write_repository checks hashes
     model_dir = write_repository(export_dir, out_dir, config, overwrite=force)
     out.print((model_dir / "config.pbtxt").read_text(), highlight=False)
     out.print(
@@ -682,6 +706,78 @@ def triton(
         "tritonserver --model-repository=/models",
         highlight=False,
     )
+
+
+@app.command()
+@handles_errors
+def serve(
+    export_dir: Annotated[Path, typer.Argument(help="An export directory.")],
+    variant: Annotated[Variant, typer.Option(help="Which ONNX file of the export.")] = Variant.FP32,
+    provider: Annotated[Provider, typer.Option(help="onnxruntime provider: cpu or cuda.")] = (
+        Provider.CPU
+    ),
+    name: Annotated[str | None, typer.Option(help="Model name \\[default: the arch].")] = None,
+    replicas: Annotated[int, typer.Option(help="Replicas, each with its own session.")] = 1,
+    max_batch_size: Annotated[
+        int, typer.Option(help="Most images per onnxruntime call (and per request).")
+    ] = 32,
+    batch_wait_ms: Annotated[
+        float, typer.Option(help="How long a replica waits for a batch to fill.")
+    ] = 5.0,
+    batching: Annotated[
+        bool, typer.Option(help="Dynamic batching; --no-batching runs each request alone.")
+    ] = True,
+    host: Annotated[str, typer.Option(help="HTTP address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="HTTP port.")] = 8000,
+    address: Annotated[
+        str | None,
+        typer.Option(help="Ray cluster to deploy to \\[default: $RAY_ADDRESS, else a local Ray]."),
+    ] = None,
+    threads: Annotated[
+        int | None, typer.Option(help="onnxruntime threads per replica \\[default: all cores].")
+    ] = None,
+    cpus_per_replica: Annotated[float, typer.Option(help="Ray CPUs reserved per replica.")] = 1.0,
+    gpus_per_replica: Annotated[
+        float, typer.Option(help="Ray GPUs per replica with --provider cuda (0.5: two per GPU).")
+    ] = 1.0,
+    max_body_mb: Annotated[float, typer.Option(help="Largest request body accepted.")] = 64.0,
+    metrics_port: Annotated[
+        int | None, typer.Option(help="Prometheus metrics port of a local Ray \\[default: any].")
+    ] = None,
+    write_config: Annotated[
+        Path | None,
+        typer.Option(help="Write a Serve config file (serve deploy / KubeRay) and exit."),
+    ] = None,
+) -> None:
+    """Serve an export over HTTP on Ray Serve (Open Inference Protocol), until Ctrl-C."""
+    from resnext_deploy.render import print_serving
+    from resnext_deploy.serve.config import ServeConfig
+    from resnext_deploy.serve.run import serve_model, write_serve_config
+
+    config = ServeConfig(
+        export_dir=export_dir,
+        variant=variant,
+        provider=provider,
+        model_name=name,
+        replicas=replicas,
+        max_batch_size=max_batch_size,
+        batch_wait_ms=batch_wait_ms,
+        batching=batching,
+        host=host,
+        port=port,
+        address=address,
+        threads=threads,
+        cpus_per_replica=cpus_per_replica,
+        gpus_per_replica=gpus_per_replica,
+        max_body_bytes=int(max_body_mb * (1 << 20)),
+        metrics_port=metrics_port,
+    )
+    if write_config is not None:
+        out.print(f"[green]wrote[/] {write_serve_config(config, write_config)}", highlight=False)
+        return
+    err.print("starting Ray and deploying the model ...")
+    serve_model(config, lambda info: print_serving(err, info))
+    err.print("stopped")
 
 
 def main() -> None:

@@ -74,6 +74,7 @@ def run_demo(config: DemoConfig, console: Console, err: Console) -> DemoResult:
         epochs=config.epochs,
         input_size=config.input_size,
         lr=config.lr,
+        overwrite=True,  # the demo's run folder is its own: a rerun replaces it
     )
     with RichTrainObserver(err) as observer:
         trained = train(train_cfg, observer)

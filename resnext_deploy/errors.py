@@ -57,5 +57,9 @@ class BenchmarkError(DeployError):
     """A benchmark could not run or its result files cannot be read."""
 
 
+class TrainingError(DeployError):
+    """Training could not go on (the loss diverged, a batch is too small for BatchNorm)."""
+
+
 class ServeError(DeployError):
     """A model server could not start, deploy or shut down."""

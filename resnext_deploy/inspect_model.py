@@ -56,10 +56,14 @@ def _inspect_onnx(path: Path) -> ModelInfo:
     import onnx
     from onnx import helper, numpy_helper
 
+    if path.stat().st_size == 0:
+        raise ArtifactError(f"{path} is empty (0 bytes), not an ONNX model")
     try:
         proto = onnx.load(str(path))
     except Exception as exc:  # noqa: BLE001 - protobuf decode errors have no common type
         raise ArtifactError(f"{path} is not a readable ONNX model ({exc})") from None
+    if not proto.graph.node:  # protobuf parses many non-ONNX byte strings as an empty model
+        raise ArtifactError(f"{path} holds no ONNX graph: it is not an ONNX model")
 
     def tensors(values: Any) -> list[TensorInfo]:
         return [

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from resnext_deploy.artifact import ONNX_FILE
-from resnext_deploy.errors import ArtifactError, DataError
+from resnext_deploy.errors import ArtifactError, DataError, DeployError, first_line
 from resnext_deploy.preprocess import list_images, load_image, preprocess
 from resnext_deploy.runtime.ort import OrtRunner
 from resnext_deploy.runtime.providers import SessionConfig
@@ -58,12 +58,33 @@ class Classifier:
             model = model / ONNX_FILE
         if not model.is_file():
             raise ArtifactError(f"ONNX model not found: {model}")
-        self.runner = OrtRunner(model, session)
+        if model.suffix.lower() != ".onnx" and _is_zip(model):
+            raise ArtifactError(
+                f"{model} is a PyTorch file, not an ONNX model; export it first and pass the "
+                "export directory or its model.onnx"
+            )
+        try:
+            self.runner = OrtRunner(model, session)
+        except DeployError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - onnxruntime's load errors have no common type
+            raise ArtifactError(
+                f"{model} is not a readable ONNX model ({first_line(exc)})"
+            ) from None
         meta = self.runner.session.get_modelmeta().custom_metadata_map
         if SPEC_KEY not in meta:
             raise ArtifactError(f"{model} carries no resnext-deploy spec in its metadata")
         self.spec = ModelSpec.from_json(meta[SPEC_KEY])
         self.labels = self.spec.labels()
+
+    def close(self) -> None:
+        self.runner.close()
+
+    def __enter__(self) -> Classifier:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def probabilities(self, images: list[np.ndarray]) -> np.ndarray:
         return softmax(self.runner.infer(preprocess(images, self.spec)).astype(np.float64))
@@ -89,6 +110,13 @@ def top_predictions(
         )
         for name, row, p in zip(names, order, probs, strict=True)
     ]
+
+
+def _is_zip(path: Path) -> bool:
+    """torch.save's files (and TorchScript archives) are zip archives; ONNX files never are."""
+    import zipfile
+
+    return zipfile.is_zipfile(path)
 
 
 def predict_paths(

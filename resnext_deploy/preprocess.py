@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -13,17 +14,42 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".we
 
 
 def load_image(path: str | Path) -> np.ndarray:
-    """Read an image file as uint8 RGB ``H x W x 3``. Raises :class:`DataError` naming the file."""
+    """Read an image file as uint8 RGB ``H x W x 3`` (see :func:`to_rgb`). Raises
+    :class:`DataError` naming the file, also for a decompression bomb: an image declaring more
+    pixels than Pillow's ``Image.MAX_IMAGE_PIXELS``, refused from its header before decoding."""
+    import warnings
+
     from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
     try:
-        with Image.open(path) as img:
-            return np.asarray(img.convert("RGB"), dtype=np.uint8)
+        with warnings.catch_warnings():
+            # Pillow only warns up to twice its limit (and raises beyond): refuse both alike.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                return to_rgb(img)
     except FileNotFoundError:
         raise DataError(f"{path}: no such file") from None
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise DataError(
+            f"{path}: too many pixels to decode safely, a possible decompression bomb ({exc})"
+        ) from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as exc:
         raise DataError(f"{path}: not a readable image ({type(exc).__name__})") from None
+
+
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def to_rgb(img: Any) -> np.ndarray:
+    """A Pillow image as uint8 RGB ``H x W x 3``. 16-bit greyscale (modes ``I;16*``, and ``I`` as
+    16-bit PNGs and TIFFs give it) keeps its high byte, as Pillow does for 16-bit colour;
+    ``convert("RGB")`` would clip every value above 255 to white."""
+    if img.mode in SIXTEEN_BIT_MODES:
+        values = np.asarray(img).astype(np.int64)
+        grey = (np.clip(values, 0, 65535) >> 8).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=-1)
+    return np.asarray(img.convert("RGB"), dtype=np.uint8)
 
 
 def resized_size(width: int, height: int, size: int) -> tuple[int, int]:

@@ -59,6 +59,59 @@ def print_parity(console: Console, report: ParityReport) -> None:
     console.print("[green]PARITY OK[/]" if report.passed else "[red]PARITY FAILED[/]")
 
 
+def print_models(console: Console, infos: list[Any]) -> None:
+    """The architecture registry (``resnext-deploy models``)."""
+    table = Table(title="Registered architectures (1000 classes, default input size)")
+    for col in ("name", "blocks", "C", "d", "stem", "input", "params M", "GMACs"):
+        table.add_column(col, justify="left" if col in ("name", "stem") else "right", no_wrap=True)
+    for i in infos:
+        c = i.config
+        table.add_row(
+            i.name,
+            "/".join(map(str, c.layers)),
+            str(c.cardinality),
+            str(c.base_width),
+            c.stem,
+            str(c.input_size),
+            f"{i.params / 1e6:.2f}",
+            f"{i.gmacs:.2f}",
+        )
+    console.print(table)
+    console.print(
+        "C = cardinality (groups), d = channels per group in the first stage; "
+        "GMACs = multiply-accumulates per image, as torchvision counts them."
+    )
+
+
+def print_export(console: Console, result: Any) -> None:
+    """What ``export`` wrote and why it can be trusted."""
+    print_parity(console, result.parity)
+    groups = ", ".join(f"{n}x group={g}" for g, n in result.convs.by_group.items())
+    console.print(f"ONNX convolutions: {result.convs.total} ({groups})")
+    for name, size in result.files.items():
+        console.print(f"  {result.out_dir / name}  {size / 1e6:.1f} MB", highlight=False)
+    if result.int8:
+        console.print(f"int8: {int8_summary(result.int8)}", highlight=False)
+    console.print(
+        f"[green]exported[/] {result.spec.arch} ({result.spec.num_classes} classes) "
+        f"to {result.out_dir}"
+    )
+
+
+def int8_summary(q: Any) -> str:
+    """One line on the int8 variant: size, agreement with fp32 and, where measured, speed."""
+    parts = [f"{q.fp32_bytes / 1e6:.1f} MB -> {q.int8_bytes / 1e6:.1f} MB"]
+    if getattr(q, "fp32_ms", None) and getattr(q, "int8_ms", None):
+        parts.append(
+            f"batch-1 {q.fp32_ms:.1f} ms -> {q.int8_ms:.1f} ms ({q.fp32_ms / q.int8_ms:.2f}x)"
+        )
+    parts.append(
+        f"top-1 agreement with fp32 {q.top1_agreement:.2%} on {q.held_out_images} held-out "
+        f"images (calibrated on {q.calibration_images})"
+    )
+    return ", ".join(parts)
+
+
 def print_model_info(console: Console, info: ModelInfo) -> None:
     console.print(
         f"[bold]{info.path}[/] ({info.format}"
@@ -86,6 +139,22 @@ def print_model_info(console: Console, info: ModelInfo) -> None:
         for k, v in info.metadata.items():
             meta.add_row(k, _short(v))
         console.print(meta)
+
+
+def predictions_csv(predictions: list[Any]) -> str:
+    """One row per (image, rank): file, rank, label, index, probability."""
+    import csv
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["file", "rank", "label", "index", "probability"])
+    for p in predictions:
+        for rank, (label, idx, prob) in enumerate(
+            zip(p.labels, p.indices, p.probabilities, strict=True), 1
+        ):
+            writer.writerow([p.file, rank, label, idx, f"{prob:.6f}"])
+    return buffer.getvalue()
 
 
 def print_predictions(console: Console, predictions: list[Any]) -> None:
@@ -241,3 +310,64 @@ def print_comparison(console: Console, changes: list[Change], threshold: float) 
 def _short(value: Any, limit: int = 200) -> str:
     text = str(value)
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def print_serving(console: Console, info: Any) -> None:
+    """Where a served model answers (a :class:`resnext_deploy.serve.run.ServeInfo`)."""
+    where = f"Ray cluster {info.cluster}" if info.cluster else "a local Ray"
+    batching = "dynamic batching" if info.batching else "no batching"
+    console.print(
+        f"[green]serving[/] {info.model} on {where}: {info.replicas} replica(s), {batching}\n"
+        f"  health    {info.url}/v2/health/ready\n"
+        f"  metadata  {info.url}/v2/models/{info.model}\n"
+        f"  infer     {info.infer_url}   (Open Inference Protocol / tritonclient)\n"
+        f"  images    {info.classify_url}?top_k=5   (POST JPEG or PNG bytes)\n"
+        f"  metrics   {info.metrics_url or 'see the Ray cluster metrics endpoint'}\n"
+        "Ctrl-C stops it.",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+def print_localization(console: Console, report: Any, rows: int | None = None) -> None:
+    """Per-layer error tables of a :class:`~resnext_deploy.localize.LocalizationReport`, each
+    headed by the first module beyond tolerance (fp16: where values first leave its range)."""
+    for loc in report.results:
+        table = Table(title=f"{loc.backend} vs {loc.reference}, layer by layer ({report.inputs})")
+        for col in ("layer", "op", "max abs", "max rel", "cosine", "rel L2", "added", ""):
+            table.add_column(col, justify="left" if col in ("layer", "op", "") else "right")
+        first = loc.first_exceeding
+        for layer in loc.layers[:rows] if rows else loc.layers:
+            mark = "[red]<- first[/]" if layer is first else ("[red]x[/]" if layer.exceeds else "")
+            table.add_row(
+                layer.name,
+                layer.op,
+                f"{layer.max_abs:.1e}",
+                f"{layer.max_rel:.1e}",
+                f"{layer.cosine:.6f}",
+                f"{layer.rel_l2:.1e}",
+                f"{layer.added:+.1e}",
+                mark,
+            )
+        console.print(table)
+        if first is None:
+            console.print(f"{loc.backend}: every compared layer is within tolerance")
+        else:
+            console.print(
+                f"[red]{loc.backend}: first module beyond tolerance: [bold]{first.name}[/][/] "
+                f"({first.op}, max rel {first.max_rel:.2g}, cosine {first.cosine:.6f})",
+                highlight=False,
+            )
+        if loc.backend.endswith("-fp16"):
+            over = loc.first_overflow
+            console.print(
+                f"fp16 range first exceeded at {over.name} (|x| up to {over.ref_max:.3g})"
+                if over
+                else "fp16 range: no layer exceeds 65504",
+                highlight=False,
+            )
+        worst = ", ".join(f"{w.name} {w.added:+.1e}" for w in loc.worst(3) if w.added > 0)
+        if worst:
+            console.print(f"adds the most relative error: {worst}", highlight=False)
+        for name, why in loc.missing.items():
+            console.print(f"[yellow]not compared[/] {name}: {why}", highlight=False)

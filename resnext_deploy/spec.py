@@ -6,12 +6,30 @@ This module imports nothing heavy, so the torch-free ``predict`` path can use it
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields
+from enum import StrEnum
 from typing import Any, Literal
 
 from resnext_deploy.errors import ArtifactError, ConfigError
 
 Stem = Literal["imagenet", "cifar"]
+
+
+class Layout(StrEnum):
+    """How a checkpoint's keys are laid out (the canonical one is torchvision's)."""
+
+    TORCHVISION = "torchvision"
+    MODULELIST = "modulelist"
+    PARTS = "parts"
+
+
+class Optimizer(StrEnum):
+    """Optimizers ``train`` offers."""
+
+    ADAM = "adam"
+    ADAMW = "adamw"
+    SGD = "sgd"
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -102,6 +120,10 @@ class ModelSpec:
             raise ConfigError(f"resize ({self.resize}) must be >= input_size ({self.input_size})")
         if len(self.mean) != 3 or len(self.std) != 3 or any(s <= 0 for s in self.std):
             raise ConfigError("mean and std need three values each, std > 0")
+        if not all(math.isfinite(v) for v in (*self.mean, *self.std)):
+            raise ConfigError(f"mean and std must be finite numbers, got {self.mean}, {self.std}")
+        if self.input_size < 1:
+            raise ConfigError(f"input_size must be >= 1 pixel, got {self.input_size}")
 
     def architecture(self) -> ArchConfig:
         """The exact :class:`ArchConfig` the weights belong to."""

@@ -6,6 +6,8 @@ names, input size, normalisation), so ``export`` needs no other flags.
 
 from __future__ import annotations
 
+import contextlib
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,13 +18,13 @@ import torch
 from torch import nn
 
 from resnext_deploy.data import DIGITS, DIGITS_MEAN, DIGITS_STD, Split, load_dataset
-from resnext_deploy.errors import ConfigError
-from resnext_deploy.fileio import atomic_write_bytes, save_figure
+from resnext_deploy.errors import ConfigError, DataError, TrainingError
+from resnext_deploy.fileio import atomic_write_bytes, check_writable_dir, save_figure
 from resnext_deploy.models.registry import ARCHS, build_model
 from resnext_deploy.preprocess import normalize
-from resnext_deploy.spec import IMAGENET_MEAN, IMAGENET_STD, ModelSpec
+from resnext_deploy.spec import IMAGENET_MEAN, IMAGENET_STD, ModelSpec, Optimizer
 
-OPTIMIZERS = ("adam", "adamw", "sgd")
+OPTIMIZERS = tuple(o.value for o in Optimizer)
 CHECKPOINT_FILE = "best.pth"
 CURVES_FILE = "curves.png"
 
@@ -41,12 +43,17 @@ class TrainConfig:
     val_fraction: float = 0.2
     input_size: int | None = None
     augment: bool = False
+    overwrite: bool = False  # replace the best.pth of an earlier run in out_dir
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"optimizer must be one of {', '.join(OPTIMIZERS)}")
-        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
+        if self.epochs < 1 or self.batch_size < 1 or not 0 < self.lr < math.inf:
             raise ConfigError("epochs, batch size and learning rate must be positive")
+        if not 0 <= self.weight_decay < math.inf:
+            raise ConfigError(f"weight decay must be >= 0, got {self.weight_decay}")
+        if self.input_size is not None and self.input_size < 1:
+            raise ConfigError(f"input size must be >= 1 pixel, got {self.input_size}")
         if not 0 < self.val_fraction < 1:
             raise ConfigError("val_fraction must be between 0 and 1")
 
@@ -92,8 +99,30 @@ class SilentObserver:
 
 
 def train(config: TrainConfig, observer: TrainObserver | None = None) -> TrainResult:
-    """Train, validate every epoch, save the best epoch's checkpoint and the curves."""
-    observer = observer or SilentObserver()
+    """Train, validate every epoch, save the best epoch's checkpoint and the curves.
+
+    Refuses, before any work, a run folder that is not writable or already holds a trained model
+    (unless ``config.overwrite``): :class:`ConfigError`. Raises :class:`TrainingError`, saving
+    nothing, when the loss stops being finite.
+    """
+    checkpoint = config.out_dir / CHECKPOINT_FILE
+    if checkpoint.exists() and not config.overwrite:
+        raise ConfigError(
+            f"{config.out_dir} already holds a trained model ({CHECKPOINT_FILE}); choose a new "
+            "run folder, or pass --force to replace it"
+        )
+    created = not config.out_dir.exists()
+    check_writable_dir(config.out_dir, "run folder")
+    try:
+        return _train(config, observer or SilentObserver())
+    except BaseException:
+        if created:
+            with contextlib.suppress(OSError):
+                config.out_dir.rmdir()  # only if empty: leave nothing behind for a failed run
+        raise
+
+
+def _train(config: TrainConfig, observer: TrainObserver) -> TrainResult:
     cfg = ARCHS.get(config.arch)
     input_size = config.input_size or cfg.input_size
     data = load_dataset(config.data, input_size, config.val_fraction, config.seed)
@@ -122,9 +151,7 @@ def train(config: TrainConfig, observer: TrainObserver | None = None) -> TrainRe
     for epoch in range(1, config.epochs + 1):
         start = time.perf_counter()
         order = rng.permutation(len(data.train))
-        batches = [
-            order[i : i + config.batch_size] for i in range(0, len(order), config.batch_size)
-        ]
+        batches = _batches(order, config.batch_size)
         observer.start_epoch(epoch, len(batches))
         model.train()
         total_loss, correct = 0.0, 0
@@ -135,14 +162,24 @@ def train(config: TrainConfig, observer: TrainObserver | None = None) -> TrainRe
             x = torch.from_numpy(normalize(images, spec))
             y = torch.from_numpy(data.train.labels[idx])
             optimizer.zero_grad(set_to_none=True)
-            logits = model(x)
+            logits = _forward(model, x)
             loss = loss_fn(logits, y)
+            if not math.isfinite(loss.item()):
+                raise TrainingError(
+                    f"training diverged: the loss became {loss.item()} in epoch {epoch}; nothing "
+                    f"was saved. Lower the learning rate (it was {config.lr:g})"
+                )
             loss.backward()
             optimizer.step()
             total_loss += loss.item() * len(idx)
             correct += int((logits.argmax(1) == y).sum())
             observer.advance()
         val_loss, val_acc, _ = evaluate(model, data.val, spec, config.batch_size)
+        if not math.isfinite(val_loss):
+            raise TrainingError(
+                f"training diverged: the validation loss became {val_loss} after epoch {epoch}; "
+                f"nothing was saved. Lower the learning rate (it was {config.lr:g})"
+            )
         stats = EpochStats(
             epoch,
             total_loss / len(order),
@@ -161,8 +198,7 @@ def train(config: TrainConfig, observer: TrainObserver | None = None) -> TrainRe
     model.load_state_dict(best_state)
     _, _, predictions = evaluate(model, data.val, spec, config.batch_size)
     confusion = confusion_matrix(data.val.labels, predictions, spec.num_classes)
-    config.out_dir.mkdir(parents=True, exist_ok=True)
-    checkpoint = config.out_dir / CHECKPOINT_FILE
+    checkpoint = config.out_dir / CHECKPOINT_FILE  # checked before training
     payload = {
         "state_dict": best_state,
         "spec": spec.to_dict(),
@@ -175,6 +211,31 @@ def train(config: TrainConfig, observer: TrainObserver | None = None) -> TrainRe
     return TrainResult(
         checkpoint, spec, best_epoch, best_acc, history, confusion, curves, data.skipped, data.val
     )
+
+
+def _batches(order: np.ndarray, size: int) -> list[np.ndarray]:
+    """``order`` in batches of ``size``; a last batch of one image joins the one before it,
+    because BatchNorm in training mode cannot normalise a single value per channel."""
+    batches = [order[i : i + size] for i in range(0, len(order), size)]
+    if len(batches) > 1 and len(batches[-1]) == 1:
+        batches[-2:] = [np.concatenate(batches[-2:])]
+    if len(order) < 2:
+        raise DataError(
+            f"{len(order)} training image(s): BatchNorm needs batches of at least two; add images"
+        )
+    return batches
+
+
+def _forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    try:
+        return model(x)
+    except ValueError as exc:
+        if "Expected more than 1 value per channel" not in str(exc):
+            raise
+        raise TrainingError(
+            f"a batch of {len(x)} image(s) is too small for BatchNorm in training at this input "
+            "size (its last feature map is 1x1); use a batch size of at least 2"
+        ) from None
 
 
 def evaluate(

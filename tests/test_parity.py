@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from resnext_deploy.artifact import Tolerance
+from resnext_deploy.artifact import FP32_TOLERANCE, Tolerance
 from resnext_deploy.parity import ParityInput, compare
 from resnext_deploy.runtime.base import Runner
 
@@ -29,7 +29,7 @@ INPUTS = [ParityInput("a", np.random.default_rng(0).standard_normal((4, 3, 2, 2)
 REF = FixedRunner("ref", logits)
 
 
-def run(fn, tol: Tolerance = Tolerance()):  # noqa: ANN001, ANN201
+def run(fn, tol: Tolerance = FP32_TOLERANCE):  # noqa: ANN001, ANN201
     return compare(REF, [(FixedRunner("cand", fn), tol)], INPUTS).backends[0]
 
 

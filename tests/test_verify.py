@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import pytest
 from onnx import numpy_helper
 from typer.testing import CliRunner
 
@@ -24,9 +25,7 @@ def _perturbed_copy(export: Path, tmp_path: Path) -> Path:
     shutil.copytree(export, copy)
     model = onnx.load(str(copy / ONNX_FILE))
     initializers = {t.name: t for t in model.graph.initializer}
-    conv = next(
-        n for n in model.graph.node if n.op_type == "Conv" and n.input[1] in initializers
-    )
+    conv = next(n for n in model.graph.node if n.op_type == "Conv" and n.input[1] in initializers)
     weight = initializers[conv.input[1]]
     weight.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(weight) * 1.5, weight.name))
     onnx.save_model(model, str(copy / ONNX_FILE))
@@ -37,17 +36,21 @@ def _perturbed_copy(export: Path, tmp_path: Path) -> Path:
     return copy
 
 
-def test_verify_fails_a_perturbed_export_with_a_rehashed_manifest(
-    tiny_export: Path, tmp_path: Path
-) -> None:
-    copy = _perturbed_copy(tiny_export, tmp_path)
-    artifact = open_artifact(copy)  # the integrity check passes: the manifest matches
+@pytest.fixture(scope="module")
+def perturbed(tiny_export: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _perturbed_copy(tiny_export, tmp_path_factory.mktemp("perturbed"))
+
+
+def test_a_perturbed_export_with_a_rehashed_manifest_fails_parity(perturbed: Path) -> None:
+    artifact = open_artifact(perturbed)  # the integrity check passes: the manifest matches
     report = verify_artifact(artifact, VerifyConfig(batch_sizes=(1, 2)))
     by_name = {b.backend: b for b in report.backends}
     assert by_name["torchscript"].passed and not by_name["onnxruntime-cpu"].passed
     assert not report.passed
 
-    result = CliRunner().invoke(app, ["verify", str(copy), "--batch-sizes", "1,2", "--json"])
+
+def test_verify_command_exits_1_on_a_perturbed_export(perturbed: Path) -> None:
+    result = CliRunner().invoke(app, ["verify", str(perturbed), "--batch-sizes", "1,2", "--json"])
     assert result.exit_code == 1, result.output
     data = json.loads(result.stdout)
     assert data["passed"] is False

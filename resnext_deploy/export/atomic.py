@@ -171,9 +171,8 @@ def remove_stale_staging(folder: Path, now: float | None = None) -> list[Path]:
             age = now - entry.stat().st_mtime
         except OSError:
             continue
-        owner_gone = (
-            match["host"] == _host_tag() and match["pid"] is not None and not _alive(int(match["pid"]))
-        )
+        pid = int(match["pid"]) if match["pid"] else None
+        owner_gone = pid is not None and match["host"] == _host_tag() and not _alive(pid)
         if owner_gone or age > STALE_AFTER_S:
             shutil.rmtree(entry, ignore_errors=True)
             removed.append(entry)
@@ -184,7 +183,7 @@ def _apply_umask(root: Path) -> None:
     """``mkdtemp``-style 0700 staging -> what the user's umask gives new files and folders, so
     that a serving process running as another user can read the artifacts."""
     dmode, fmode = dir_mode(), file_mode()
-    for directory, dirs, files in os.walk(root):
+    for directory, _dirs, files in os.walk(root):
         os.chmod(directory, dmode)
         for name in files:
             path = os.path.join(directory, name)

@@ -19,9 +19,15 @@ from resnext_deploy.artifact import (
 )
 from resnext_deploy.environment import package_versions
 from resnext_deploy.errors import ExportError, ParityError
-from resnext_deploy.export.atomic import atomic_directory
+from resnext_deploy.export.atomic import atomic_directory, check_destination
 from resnext_deploy.export.calibration import CalibrationConfig, calibration_sets
-from resnext_deploy.export.onnx_export import DEFAULT_OPSET, ConvSummary, conv_summary, export_onnx
+from resnext_deploy.export.onnx_export import (
+    DEFAULT_OPSET,
+    ConvSummary,
+    check_opset,
+    conv_summary,
+    export_onnx,
+)
 from resnext_deploy.export.torchscript import export_torchscript
 from resnext_deploy.export.variants import (
     Int8Result,
@@ -51,6 +57,9 @@ class ExportConfig:
     embed_preprocess: bool = False
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
 
+    def __post_init__(self) -> None:
+        check_opset(self.opset)
+
 
 @dataclass(frozen=True)
 class ExportResult:
@@ -64,6 +73,8 @@ class ExportResult:
 
 def export_checkpoint(checkpoint: Path, load: LoadOptions, config: ExportConfig) -> ExportResult:
     """Load a checkpoint (any supported layout) and export it; see :func:`export_model`."""
+    if config.out_dir is not None:  # fail before loading, not after
+        check_destination(config.out_dir, overwrite=config.overwrite)
     model, spec = load_model(checkpoint, load)
     return export_model(model, spec, config)
 

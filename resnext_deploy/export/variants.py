@@ -10,12 +10,12 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from resnext_deploy.artifact import Precision  # re-exported for the API
 from resnext_deploy.errors import ConfigError, ExportError, first_line
 from resnext_deploy.spec import ModelSpec
 
@@ -23,11 +23,6 @@ FP16_MAX = 65504.0
 # Reductions and the classifier accumulate many terms: fp16 loses most there, so they stay fp32.
 FP16_KEEP_FP32 = ["ReduceMean", "GlobalAveragePool", "Gemm", "Softmax"]
 
-
-class Precision(StrEnum):
-    FP32 = "fp32"
-    FP16 = "fp16"
-    INT8 = "int8"
 
 
 def parse_precisions(text: str) -> tuple[Precision, ...]:
@@ -210,9 +205,9 @@ def export_int8(
 def _compare_int8(
     fp32: Path, int8: Path, images: np.ndarray, threads: int | None
 ) -> tuple[float, float, float]:
-    from resnext_deploy.timing import Timing, measure
     from resnext_deploy.runtime.ort import OrtRunner
     from resnext_deploy.runtime.providers import SessionConfig
+    from resnext_deploy.timing import Timing, measure
 
     config = SessionConfig(intra_op_threads=threads)
     a, b = OrtRunner(fp32, config), OrtRunner(int8, config)

@@ -55,6 +55,19 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
+    kind = _file_kind(path)
+    if kind == "empty":
+        raise CheckpointError(f"{path} is empty (0 bytes), not a PyTorch checkpoint")
+    if kind == "other":
+        raise CheckpointError(
+            f"{path} is not a PyTorch checkpoint: neither torch.save's zip archive nor a pickle"
+        )
+    if kind == "pickle":
+        raise CheckpointError(
+            f"{path} is a pickled Python object, not a state dict: it was written with pickle, "
+            "not torch.save, and unpickling it could execute arbitrary code, so resnext-deploy "
+            "refuses. Save the weights with `torch.save(model.state_dict(), 'weights.pth')`."
+        )
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -206,6 +219,35 @@ def suggest_archs(state: Mapping[str, torch.Tensor], exclude: str | None = None)
         if expected == shapes:
             fits.append(name)
     return fits
+
+
+# torch.save's legacy (pre-zip) format starts with this number, pickled on its own.
+TORCH_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+MAX_PICKLE_OPS = 100_000
+
+
+def _file_kind(path: Path) -> str:
+    """``zip`` or ``legacy`` (torch.save's formats: a zip archive, or the stream that opens with
+    :data:`TORCH_LEGACY_MAGIC`), ``pickle`` (a plain pickle), ``empty`` or ``other``. Only parses
+    opcodes with :mod:`pickletools`; nothing in the file is run."""
+    import pickletools
+    import zipfile
+
+    if zipfile.is_zipfile(path):
+        return "zip"
+    if path.stat().st_size == 0:
+        return "empty"
+    values = []
+    try:
+        with path.open("rb") as f:
+            for count, (opcode, arg, _pos) in enumerate(pickletools.genops(f)):
+                if opcode.name not in ("PROTO", "FRAME", "STOP"):
+                    values.append(arg)
+                if count > MAX_PICKLE_OPS:
+                    return "pickle"
+    except Exception:  # noqa: BLE001 - genops raises ValueError and others on non-pickles
+        return "other"
+    return "legacy" if values == [TORCH_LEGACY_MAGIC] else "pickle"
 
 
 def _strip(key: str) -> str:

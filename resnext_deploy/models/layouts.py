@@ -23,12 +23,12 @@ from collections.abc import Callable, Mapping
 import torch
 
 from resnext_deploy.errors import CheckpointError
-from resnext_deploy.spec import ArchConfig
+from resnext_deploy.spec import ArchConfig, Layout
 
 LAYOUTS = {
-    "torchvision": "torchvision ResNet keys (conv1, layer1.0.conv2, downsample.0, fc)",
-    "modulelist": "per-group Conv2d ModuleList + torch.cat (stack1.blocks.0.grouped_conv...)",
-    "parts": "Conv2d(groups=C) with conv biases, stride in 1x1, part1_1... blocks, fn1 head",
+    Layout.TORCHVISION: "torchvision ResNet keys (conv1, layer1.0.conv2, downsample.0, fc)",
+    Layout.MODULELIST: "per-group Conv2d ModuleList + torch.cat (stack1.blocks.0.grouped_conv...)",
+    Layout.PARTS: "Conv2d(groups=C) with conv biases, stride in 1x1, part1_1... blocks, fn1 head",
 }
 State = dict[str, torch.Tensor]
 BN_SUFFIXES = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
@@ -59,7 +59,7 @@ def convert_layout(
     if detected != layout:
         raise CheckpointError(
             f"the checkpoint is not in the {layout!r} layout ({LAYOUTS[layout]}); its keys look "
-            f"like the {detected!r} layout. Drop --layout or pass --layout {detected}"
+            f"like the {detected!r} layout: leave the layout to detection or name {detected!r}"
         )
     return converters[layout](state)
 

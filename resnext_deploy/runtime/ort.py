@@ -1,14 +1,24 @@
 """onnxruntime runner (numpy + onnxruntime only, no torch).
 
 ``infer`` is a plain ``session.run``. For timing, :meth:`OrtRunner.bind` uses IO binding: the
-input is copied once into an ``OrtValue`` on the session's device, the output is pre-allocated
-there, and the timed call is ``run_with_iobinding`` alone. The end-to-end call of the same
-binding adds the host->device copy (``update_inplace``) and the device->host copy of the output.
-The same calls run on the CPU provider (device ``cpu``), so they are tested without a GPU.
+input lives in an ``OrtValue`` on the session's device, every output is pre-allocated there, and
+the timed call is ``run_with_iobinding`` alone. :meth:`OrtRunner.bind_end_to_end` uses the *same*
+binding and adds the host->device copy (``update_inplace``) and the device->host copy of the
+outputs (``copy_outputs_to_cpu``). The same calls run on the CPU provider (device ``cpu``), so
+they are tested without a GPU.
+
+CUDA graphs (``CudaOptions.enable_cuda_graph``): a captured graph replays the buffer addresses it
+was captured with, so an input may only change by being updated in place, and ``run()`` with numpy
+inputs must not be used on such a session. Every batch shape therefore gets one binding with fixed
+input and output buffers, kept for the runner's life, and its own graph in the one session
+(onnxruntime's ``gpu_graph_id`` run option, one id per shape; 0 is reserved and -1 disables
+capture: ``onnxruntime_run_options_config_keys.h``).
 """
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +26,60 @@ import numpy as np
 
 from resnext_deploy.errors import ConfigError
 from resnext_deploy.runtime.base import BoundCall, Runner
-from resnext_deploy.runtime.providers import Provider, SessionConfig, create_session
+from resnext_deploy.runtime.device_memory import DeviceMemory, process_device_memory
+from resnext_deploy.runtime.placement import Placement, read_placement
+from resnext_deploy.runtime.providers import ORT_NAMES, Provider, SessionConfig, create_session
+
+GPU_GRAPH_ID = "gpu_graph_id"
+
+
+@dataclass(frozen=True, kw_only=True)
+class SessionBuild:
+    """How long building the session took. With TensorRT and a profile this is the engine
+    build (or its load from the cache), which otherwise lands in the first timed call.
+    ``new_cache_files``: files the build added to the TensorRT cache folder (none: the engine
+    came from the cache)."""
+
+    seconds: float
+    cache_dir: str | None = None
+    new_cache_files: tuple[str, ...] = ()
+
+    @property
+    def from_cache(self) -> bool | None:
+        """Whether TensorRT loaded its engine from the cache (``None`` without a cache)."""
+        if self.cache_dir is None:
+            return None
+        return not any(f.endswith(".engine") for f in self.new_cache_files)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "seconds": self.seconds,
+            "cache_dir": self.cache_dir,
+            "new_cache_files": list(self.new_cache_files),
+            "from_cache": self.from_cache,
+        }
+
+
+@dataclass
+class _ShapeBinding:
+    """One input shape's fixed device buffers, its binding and run options. ``owner`` is the
+    bound call whose batch the input buffer holds now (several calls may share one shape)."""
+
+    binding: Any
+    inputs: Any  # OrtValue of the input
+    options: Any  # RunOptions (with the shape's gpu_graph_id on a CUDA-graph session)
+    owner: object | None = None
+
+    def load(self, host: np.ndarray, owner: object | None) -> None:
+        """Copy ``host`` into the input buffer in place (its address never changes)."""
+        self.inputs.update_inplace(host)
+        self.binding.synchronize_inputs()
+        self.owner = owner
 
 
 class OrtRunner(Runner):
     """Runs an ONNX file on the provider in ``config``; the guard in :func:`create_session`
-    guarantees that provider is the one in use."""
+    guarantees that provider is the one in use and that it took the model's convolutions."""
 
     def __init__(
         self,
@@ -30,88 +88,135 @@ class OrtRunner(Runner):
         name: str | None = None,
     ) -> None:
         self.config = config or SessionConfig()
+        cache = self._trt_cache_dir()
+        before = _listing(cache)
+        start = time.perf_counter()
         self.session: Any = create_session(model, self.config)
-        self.input_name = self.session.get_inputs()[0].name
-        self.input_type = self.session.get_inputs()[0].type
-        outputs = self.session.get_outputs()
-        self.output_name = outputs[0].name
-        self.num_outputs = len(outputs)
+        seconds = time.perf_counter() - start
+        self.build = SessionBuild(
+            seconds=seconds,
+            cache_dir=str(cache) if cache else None,
+            new_cache_files=tuple(sorted(_listing(cache) - before)),
+        )
+        self._placement = read_placement(self.session, ORT_NAMES[self.config.provider])
+        inputs = self.session.get_inputs()
+        self.input_name = inputs[0].name
+        self.input_type = inputs[0].type
+        self._outputs = self.session.get_outputs()
+        self.output_name = self._outputs[0].name
+        self.num_outputs = len(self._outputs)
         self.device = "cpu" if self.config.provider is Provider.CPU else "cuda"
         self.name = name or f"onnxruntime-{self.config.provider.value}"
-        self._bindings: list[Any] = []
-        self._graph_ids: dict[tuple[int, ...], int] = {}
+        self._bound: dict[tuple[int, ...], _ShapeBinding] = {}
+        self._last: _ShapeBinding | None = None
 
     @property
     def device_id(self) -> int:
         return self.config.cuda.device_id if self.device == "cuda" else 0
 
+    @property
+    def uses_cuda_graph(self) -> bool:
+        return self.config.provider is Provider.CUDA and self.config.cuda.enable_cuda_graph
+
+    def placement(self) -> Placement:
+        """Where onnxruntime placed each node (counts per provider, ops that ran elsewhere)."""
+        return self._placement
+
     def infer(self, batch: np.ndarray) -> np.ndarray:
-        if self.config.cuda.enable_cuda_graph and self.device == "cuda":
-            # A CUDA-graph session only replays what it captured: feed it through a binding.
-            bound = self.bind_end_to_end(batch)
-            assert bound is not None
-            bound.run()
-            return bound.fetch()
+        if self.uses_cuda_graph:
+            # A CUDA-graph session only replays what it captured: feed it through its binding.
+            shaped = self._binding(batch, owner=None)
+            self._run(shaped)
+            return shaped.binding.copy_outputs_to_cpu()[0]
         return self.session.run([self.output_name], {self.input_name: batch})[0]
 
-    def _binding(self, batch: np.ndarray) -> tuple[Any, Any, Any, Any]:
-        """(binding, input OrtValue, output OrtValue, run options) for ``batch``'s shape."""
+    def _binding(self, batch: np.ndarray, owner: object | None) -> _ShapeBinding:
+        """The binding for ``batch``'s shape (created on first use) holding ``batch``."""
+        key = tuple(batch.shape)
+        shaped = self._bound.get(key)
+        if shaped is None:
+            if not self.uses_cuda_graph:
+                # Without graphs nothing pins old buffers: keep one shape's worth of memory.
+                self._bound.clear()
+            shaped = self._new_binding(batch, graph_id=len(self._bound) + 1)
+            self._bound[key] = shaped
+            shaped.owner = owner
+        else:
+            shaped.load(np.ascontiguousarray(batch), owner)
+        self._last = shaped
+        return shaped
+
+    def _new_binding(self, batch: np.ndarray, graph_id: int) -> _ShapeBinding:
         import onnxruntime as ort
 
-        out_meta = self.session.get_outputs()[0]
-        classes = out_meta.shape[1]
-        if not isinstance(classes, int):
-            raise ConfigError(f"{self.name}: the output's class axis is not a fixed size")
         # On the CPU an OrtValue wraps the numpy buffer it is given: give it a private copy, so
-        # that the caller reusing its array cannot change what a bound call computes.
+        # that neither the caller reusing its array nor update_inplace touch the other's data.
         x = ort.OrtValue.ortvalue_from_numpy(
             np.array(batch, copy=True), self.device, self.device_id
         )
-        y = ort.OrtValue.ortvalue_from_shape_and_type(
-            [batch.shape[0], classes], np.float32, self.device, self.device_id
-        )
         binding = self.session.io_binding()
         binding.bind_ortvalue_input(self.input_name, x)
-        binding.bind_ortvalue_output(self.output_name, y)
-        for extra in self.session.get_outputs()[1:]:
-            binding.bind_output(extra.name, self.device, self.device_id)
+        for meta in self._outputs:
+            shape = [batch.shape[0], *meta.shape[1:]]
+            if not all(isinstance(d, int) for d in shape):
+                raise ConfigError(
+                    f"{self.name}: output {meta.name!r} has shape {meta.shape}; only the batch "
+                    "axis may be dynamic for its buffer to be allocated ahead"
+                )
+            y = ort.OrtValue.ortvalue_from_shape_and_type(
+                shape, _numpy_type(meta.type), self.device, self.device_id
+            )
+            binding.bind_ortvalue_output(meta.name, y)
         options = ort.RunOptions()
-        if self.config.cuda.enable_cuda_graph and self.device == "cuda":
-            # One session, one captured graph per input shape (onnxruntime's gpu_graph_id).
-            graph_id = self._graph_ids.setdefault(tuple(batch.shape), len(self._graph_ids) + 1)
-            options.add_run_config_entry("gpu_graph_id", str(graph_id))
-        self._bindings.append(binding)
-        return binding, x, y, options
+        if self.uses_cuda_graph:
+            options.add_run_config_entry(GPU_GRAPH_ID, str(graph_id))
+        binding.synchronize_inputs()
+        return _ShapeBinding(binding, x, options)
+
+    def _run(self, shaped: _ShapeBinding) -> None:
+        self.session.run_with_iobinding(shaped.binding, shaped.options)
 
     def bind(self, batch: np.ndarray) -> BoundCall:
-        binding, _x, y, options = self._binding(batch)
-        session = self.session
-        binding.synchronize_inputs()
+        host = np.array(batch, order="C", copy=True)
+        token = object()
+        shaped = self._binding(host, owner=token)
 
         def run() -> None:
-            session.run_with_iobinding(binding, options)
+            self._last = shaped
+            if shaped.owner is not token:  # another call of this shape ran in between
+                shaped.load(host, token)
+            self._run(shaped)
 
-        # ``numpy()`` of a CPU OrtValue is a view of the bound buffer: copy it out.
-        return BoundCall(run, lambda: np.array(y.numpy(), copy=True))
+        # copy_outputs_to_cpu copies device outputs to the host, and CPU outputs out of the
+        # bound buffers (which the next run overwrites).
+        return BoundCall(run, lambda: shaped.binding.copy_outputs_to_cpu()[0])
 
     def bind_end_to_end(self, batch: np.ndarray) -> BoundCall | None:
         if self.device == "cpu":
             return None
-        binding, x, _y, options = self._binding(batch)
-        session = self.session
-        host = np.ascontiguousarray(batch)
+        host = np.array(batch, order="C", copy=True)
+        shaped = self._binding(host, owner=None)
         last: list[np.ndarray] = []
 
         def run() -> None:
-            x.update_inplace(host)
-            session.run_with_iobinding(binding, options)
-            last[:] = [binding.copy_outputs_to_cpu()[0]]
+            self._last = shaped
+            shaped.load(host, None)  # the host->device copy is part of end-to-end
+            self._run(shaped)
+            last[:] = [shaped.binding.copy_outputs_to_cpu()[0]]
 
         return BoundCall(run, lambda: last[0])
 
     def sync(self) -> None:
-        if self.device != "cpu" and self._bindings:
-            self._bindings[-1].synchronize_outputs()
+        if self.device != "cpu" and self._last is not None:
+            self._last.binding.synchronize_outputs()
+
+    def device_memory(self) -> DeviceMemory | None:
+        """This process's memory on the GPU (NVML or nvidia-smi), labelled device-wide where the
+        process cannot be told apart; ``None`` on the CPU. onnxruntime's arena keeps what it
+        grew to, so after a run this is close to the session's peak."""
+        if self.device == "cpu":
+            return None
+        return process_device_memory(self.device_id)
 
     def describe(self) -> dict[str, Any]:
         info: dict[str, Any] = {
@@ -119,11 +224,45 @@ class OrtRunner(Runner):
             "device": self.device,
             "providers": self.session.get_providers() if self.session is not None else [],
             "intra_op_threads": self.config.threads(),
+            "session_build": self.build.to_dict(),
         }
-        if self.config.provider is not Provider.CPU and self.session is not None:
-            info["provider_options"] = self.session.get_provider_options()
+        if self.config.provider is not Provider.CPU:
+            info["placement"] = self._placement.to_dict()
+            if self.session is not None:
+                info["provider_options"] = self.session.get_provider_options()
         return info
 
     def close(self) -> None:
-        self._bindings.clear()
+        self._bound.clear()
+        self._last = None
         self.session = None
+
+    def _trt_cache_dir(self) -> Path | None:
+        trt = self.config.tensorrt
+        if self.config.provider is not Provider.TENSORRT or not trt.engine_cache:
+            return None
+        return trt.resolved_cache_dir()
+
+
+def _listing(folder: Path | None) -> set[str]:
+    if folder is None or not folder.is_dir():
+        return set()
+    return {p.name for p in folder.iterdir()}
+
+
+_ONNX_TYPES = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+    "tensor(uint8)": np.uint8,
+    "tensor(int8)": np.int8,
+}
+
+
+def _numpy_type(onnx_type: str) -> Any:
+    try:
+        return _ONNX_TYPES[onnx_type]
+    except KeyError:
+        raise ConfigError(f"an output of type {onnx_type} cannot be bound ahead") from None

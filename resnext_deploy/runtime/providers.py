@@ -44,7 +44,15 @@ ORT_NAMES = {
     Provider.CUDA: "CUDAExecutionProvider",
     Provider.TENSORRT: "TensorrtExecutionProvider",
 }
-CONV_ALGO_SEARCH = ("EXHAUSTIVE", "HEURISTIC", "DEFAULT")
+class ConvAlgoSearch(StrEnum):
+    """cuDNN convolution algorithm search (``cudnn_conv_algo_search``)."""
+
+    EXHAUSTIVE = "EXHAUSTIVE"
+    HEURISTIC = "HEURISTIC"
+    DEFAULT = "DEFAULT"
+
+
+CONV_ALGO_SEARCH = tuple(a.value for a in ConvAlgoSearch)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -81,19 +89,90 @@ class CudaOptions:
         return opts
 
 
+def default_tensorrt_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/resnext-deploy/trt``, else ``~/.cache/resnext-deploy/trt``."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "resnext-deploy" / "trt"
+
+
+@dataclass(frozen=True, kw_only=True)
+class TensorRTProfile:
+    """One TensorRT optimization profile for the model's input: batch sizes ``min..max``, kernels
+    tuned for ``opt``; ``dims`` are the input's other (fixed) dimensions."""
+
+    input_name: str
+    dims: tuple[int, ...]
+    min_batch: int
+    opt_batch: int
+    max_batch: int
+
+    def to_ort(self) -> dict[str, str]:
+        def shape(batch: int) -> str:
+            return f"{self.input_name}:" + "x".join(str(d) for d in (batch, *self.dims))
+
+        return {
+            "trt_profile_min_shapes": shape(self.min_batch),
+            "trt_profile_opt_shapes": shape(self.opt_batch),
+            "trt_profile_max_shapes": shape(self.max_batch),
+        }
+
+
 @dataclass(frozen=True, kw_only=True)
 class TensorRTOptions:
-    fp16: bool = False
-    engine_cache_dir: str | None = None
+    """TensorRT execution-provider options (onnxruntime's ``trt_*`` names).
 
-    def to_ort(self, device_id: int) -> dict[str, str]:
+    ``batch_sizes``: the batch sizes the session will see; with a dynamic batch axis they set one
+    optimization profile (min and max of them, kernels tuned for ``opt_batch``, default the
+    largest), so that the engine is built once, at session creation, instead of again for each
+    new batch size inside a timed first call. Engines and kernel timings are cached in
+    ``cache_dir`` (default :func:`default_tensorrt_cache_dir`) unless switched off. TensorRT
+    computes fp32 layers in TF32 on GPUs that have it (onnxruntime has no switch for that).
+    """
+
+    fp16: bool = False
+    engine_cache: bool = True
+    timing_cache: bool = True
+    cache_dir: str | None = None
+    batch_sizes: tuple[int, ...] = ()
+    opt_batch: int | None = None
+
+    def __post_init__(self) -> None:
+        if any(b < 1 for b in self.batch_sizes):
+            raise ConfigError(f"TensorRT batch sizes must be positive, not {self.batch_sizes}")
+        if self.opt_batch is not None and self.batch_sizes and not (
+            min(self.batch_sizes) <= self.opt_batch <= max(self.batch_sizes)
+        ):
+            raise ConfigError(
+                f"TensorRT opt batch {self.opt_batch} lies outside the batch sizes "
+                f"{min(self.batch_sizes)}..{max(self.batch_sizes)}"
+            )
+
+    def resolved_cache_dir(self) -> Path:
+        return Path(self.cache_dir) if self.cache_dir else default_tensorrt_cache_dir()
+
+    def profile(self, input_name: str, dims: tuple[int, ...]) -> TensorRTProfile | None:
+        """The optimization profile for an input with a dynamic batch axis, or ``None`` when no
+        batch sizes were given."""
+        if not self.batch_sizes:
+            return None
+        low, high = min(self.batch_sizes), max(self.batch_sizes)
+        return TensorRTProfile(
+            input_name=input_name,
+            dims=dims,
+            min_batch=low,
+            opt_batch=self.opt_batch or high,
+            max_batch=high,
+        )
+
+    def to_ort(self, device_id: int, profile: TensorRTProfile | None = None) -> dict[str, str]:
         opts = {"device_id": str(device_id), "trt_fp16_enable": str(int(self.fp16))}
-        if self.engine_cache_dir:
-            opts |= {
-                "trt_engine_cache_enable": "1",
-                "trt_engine_cache_path": self.engine_cache_dir,
-                "trt_timing_cache_enable": "1",
-            }
+        cache = str(self.resolved_cache_dir())
+        if self.engine_cache:
+            opts |= {"trt_engine_cache_enable": "1", "trt_engine_cache_path": cache}
+        if self.timing_cache:
+            opts |= {"trt_timing_cache_enable": "1", "trt_timing_cache_path": cache}
+        if profile is not None:
+            opts |= profile.to_ort()
         return opts
 
 
@@ -115,16 +194,25 @@ class SessionConfig:
     inter_op_threads: int | None = None
     optimization_level: str = "all"
 
-    def providers(self) -> list[Any]:
-        """The provider list handed to ``InferenceSession``, options included."""
+    def __post_init__(self) -> None:
+        if self.provider is Provider.TENSORRT and self.cuda.enable_cuda_graph:
+            raise ConfigError(
+                "CUDA graphs (enable_cuda_graph) are an option of the CUDA provider; a TensorRT "
+                "session does not use them here: switch one of the two off"
+            )
+
+    def providers(self, profile: TensorRTProfile | None = None) -> list[Any]:
+        """The provider list handed to ``InferenceSession``, options included (``profile``:
+        TensorRT's optimization profile for the model's input, see :meth:`TensorRTOptions.
+        profile`)."""
         cpu = ORT_NAMES[Provider.CPU]
         cuda = (ORT_NAMES[Provider.CUDA], self.cuda.to_ort())
         if self.provider is Provider.CPU:
             return [cpu]
         chain: list[Any] = [cuda]
         if self.provider is Provider.TENSORRT:
-            trt = (ORT_NAMES[Provider.TENSORRT], self.tensorrt.to_ort(self.cuda.device_id))
-            chain.insert(0, trt)
+            options = self.tensorrt.to_ort(self.cuda.device_id, profile)
+            chain.insert(0, (ORT_NAMES[Provider.TENSORRT], options))
         return chain if self.strict else [*chain, cpu]
 
     def threads(self) -> int:
@@ -144,6 +232,8 @@ class SessionConfig:
             raise ConfigError(f"optimization level must be one of {', '.join(levels)}")
         so = ort.SessionOptions()
         so.graph_optimization_level = levels[self.optimization_level]
+        # Where each node runs (read by the placement guard, and by verify/bench/doctor).
+        so.add_session_config_entry(RECORD_ASSIGNMENT, "1")
         so.intra_op_num_threads = self.threads()
         if self.inter_op_threads:
             so.inter_op_num_threads = self.inter_op_threads
@@ -162,8 +252,11 @@ def available_cores() -> int:
 def create_session(model: str | Path | bytes, config: SessionConfig = SessionConfig()) -> Any:
     """Build an ``onnxruntime.InferenceSession`` on the requested provider or raise.
 
-    Raises :class:`ProviderUnavailableError` when the requested accelerator is not the one the
-    session actually uses, with the reason onnxruntime logged (missing driver or libraries).
+    onnxruntime's fallback is off, so a provider failure at creation or in ``run()`` is raised,
+    never retried elsewhere. Nothing onnxruntime prints during creation reaches stdout.
+    Raises :class:`ProviderUnavailableError` when the provider cannot start, when it is not the
+    one the session uses, or when the model's convolutions were placed on another provider,
+    with the reason onnxruntime gave (missing driver or libraries, unsupported nodes).
     """
     import onnxruntime as ort
 
@@ -173,57 +266,122 @@ def create_session(model: str | Path | bytes, config: SessionConfig = SessionCon
             f"{wanted} is not built into this onnxruntime ({ort.__version__}); install "
             "onnxruntime-gpu (and only it: it conflicts with the onnxruntime package)"
         )
+    profile = None
     if config.provider is not Provider.CPU:
         _preload_cuda_libraries(ort)
+    if config.provider is Provider.TENSORRT:
+        profile = _tensorrt_profile(model, config.tensorrt)
+        if config.tensorrt.engine_cache or config.tensorrt.timing_cache:
+            _make_cache_dir(config.tensorrt.resolved_cache_dir())
     source = model if isinstance(model, bytes) else str(model)
-    with capture_native_stderr() as log:
+    failure: str | None = None
+    with capture_native_output() as log:
         try:
             session = ort.InferenceSession(
-                source, sess_options=config.session_options(), providers=config.providers()
+                source,
+                sess_options=config.session_options(),
+                providers=config.providers(profile),
+                enable_fallback=0,
             )
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidArgument types
             if config.provider is Provider.CPU:
                 raise
-            raise ProviderUnavailableError(
-                f"{wanted} could not start: {_summary(str(exc))}{_reason(log.text())}"
-            ) from None
+            failure = _summary(str(exc))
+    if failure is not None:
+        raise ProviderUnavailableError(
+            f"{wanted} could not start: {failure.rstrip('.')}{_reason(log.text())}"
+        )
+    session.disable_fallback()  # enable_fallback=0 already did; say it where run() looks
     active = session.get_providers()
     if active[0] != wanted:
         raise ProviderUnavailableError(
             f"{wanted} was requested but onnxruntime would run on {active[0]} "
             f"(no usable GPU?){_reason(log.text())}. resnext-deploy never falls back silently: "
-            "use --provider cpu to run on the CPU."
+            "ask for the CPU provider to run on the CPU."
         )
+    if config.provider is not Provider.CPU:
+        check_placement(read_placement(session, wanted))
     return session
 
 
 def check_provider(provider: Provider, config: SessionConfig | None = None) -> None:
-    """Raise :class:`ProviderUnavailableError` unless ``provider`` really starts here, using a
-    one-node model (cheap: run it before any expensive work)."""
+    """Raise :class:`ProviderUnavailableError` unless ``provider`` really starts here with the
+    options of ``config`` (strictness, CUDA and TensorRT options kept), using a one-convolution
+    model: cheap, so run it before any expensive work."""
     if provider is Provider.CPU:
         return
-    from onnx import TensorProto, helper
+    create_session(probe_model(), replace(config or SessionConfig(), provider=provider))
 
+
+def probe_model() -> bytes:
+    """A fixed-shape 1x1 Conv + Relu: small, and a Conv, so the placement guard has a conv to
+    check and the provider has to bring up its convolution library."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.ones((1, 1, 1, 1), dtype=np.float32), "w")
     graph = helper.make_graph(
-        [helper.make_node("Relu", ["x"], ["y"])],
+        [helper.make_node("Conv", ["x", "w"], ["c"]), helper.make_node("Relu", ["c"], ["y"])],
         "probe",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, 4, 4])],
+        [weight],
     )
-    probe = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
-    base = config or SessionConfig()
-    create_session(
-        probe.SerializeToString(),
-        SessionConfig(provider=provider, cuda=base.cuda, tensorrt=base.tensorrt),
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
+    return model.SerializeToString()
+
+
+def model_input(model: str | Path | bytes) -> tuple[str, tuple[int | str, ...]]:
+    """Name and dimensions (ints, or the names of symbolic ones) of the model's first input,
+    read without loading external weights."""
+    import onnx
+
+    proto = (
+        onnx.load_model_from_string(model)
+        if isinstance(model, bytes)
+        else onnx.load_model(str(model), load_external_data=False)
     )
+    initializers = {i.name for i in proto.graph.initializer}
+    first = next(i for i in proto.graph.input if i.name not in initializers)
+    dims = tuple(
+        d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
+        for d in first.type.tensor_type.shape.dim
+    )
+    return first.name, dims
+
+
+def _tensorrt_profile(
+    model: str | Path | bytes, options: TensorRTOptions
+) -> TensorRTProfile | None:
+    """TensorRT's profile for the model's input when its batch axis is dynamic and batch sizes
+    were given; a fixed-shape model needs none."""
+    if not options.batch_sizes:
+        return None
+    name, dims = model_input(model)
+    if not dims or isinstance(dims[0], int):
+        return None
+    rest = dims[1:]
+    if not all(isinstance(d, int) for d in rest):
+        raise ConfigError(
+            f"TensorRT profiles need the input's non-batch dimensions fixed; {name!r} has {dims}"
+        )
+    return options.profile(name, tuple(int(d) for d in rest))
+
+
+def _make_cache_dir(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create the TensorRT cache folder {path}: {exc}") from None
 
 
 def _preload_cuda_libraries(ort: Any) -> None:
-    """Make CUDA/cuDNN from the nvidia-* wheels (or torch's bundle) visible to onnxruntime."""
+    """Make CUDA/cuDNN from the nvidia-* wheels (or torch's bundle) visible to onnxruntime.
+    ``preload_dlls`` prints what it cannot load: that goes nowhere near stdout."""
     preload = getattr(ort, "preload_dlls", None)
     if preload is None:
         return
-    with capture_native_stderr():
+    with capture_native_output():
         try:
             preload()
         except Exception:  # noqa: BLE001 - a failed preload is reported by the provider check
@@ -239,19 +397,29 @@ class _CapturedText:
 
 
 @contextmanager
-def capture_native_stderr() -> Iterator[_CapturedText]:
-    """Capture what native code (onnxruntime's C++ logger) writes to file descriptor 2."""
+def capture_native_output() -> Iterator[_CapturedText]:
+    """Capture what native code (onnxruntime's C++ logger) and Python ``print`` write to file
+    descriptors 1 and 2; the text is available once the block has ended."""
     captured = _CapturedText()
     with tempfile.TemporaryFile(mode="w+b") as tmp:
-        saved = os.dup(2)
-        os.dup2(tmp.fileno(), 2)
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        saved = {fd: os.dup(fd) for fd in (1, 2)}
+        for fd in saved:
+            os.dup2(tmp.fileno(), fd)
         try:
             yield captured
         finally:
-            os.dup2(saved, 2)
-            os.close(saved)
+            for stream in (sys.stdout, sys.stderr):
+                stream.flush()
+            for fd, copy in saved.items():
+                os.dup2(copy, fd)
+                os.close(copy)
             tmp.seek(0)
             captured._text = tmp.read().decode("utf-8", "replace")
+
+
+capture_native_stderr = capture_native_output  # the name it had when it captured fd 2 only
 
 
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
@@ -264,6 +432,10 @@ def _reason(log: str) -> str:
     return f"; onnxruntime said: {_summary(errors[0])}" if errors else ""
 
 
+# "/onnxruntime_src/.../file.cc:729 void onnxruntime::Fn(Args&) <the message>"
+SOURCE_PREFIX = re.compile(r"^\S+\.(?:cc|h|cpp):\d+ .*?\)\s+")
+
+
 def _summary(text: str) -> str:
     # Log lines look like "2026-... [E:onnxruntime:Default, file.cc:123 Fn] ... with error: why".
     line = ANSI_ESCAPE.sub("", text).strip().splitlines()[0] if text.strip() else text
@@ -271,4 +443,4 @@ def _summary(text: str) -> str:
         return line.rsplit("with error: ", 1)[1][:300]
     if "] " in line:
         line = line.rsplit("] ", 1)[1]
-    return line[:300]
+    return SOURCE_PREFIX.sub("", line)[:300]

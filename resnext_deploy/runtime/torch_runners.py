@@ -14,6 +14,7 @@ from torch import nn
 from resnext_deploy.artifact import TORCHSCRIPT_SPEC_EXTRA, TORCHSCRIPT_VERSIONS_EXTRA
 from resnext_deploy.errors import ArtifactError, ProviderUnavailableError
 from resnext_deploy.runtime.base import BoundCall, Runner
+from resnext_deploy.runtime.device_memory import DeviceMemory, MemoryScope
 from resnext_deploy.spec import ModelSpec
 
 
@@ -94,11 +95,13 @@ class _TorchRunner(Runner):
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
 
-    def device_memory_mb(self) -> float | None:
-        """Peak memory PyTorch's allocator handed out since the last reset (MiB)."""
+    def device_memory(self) -> DeviceMemory | None:
+        """Peak memory PyTorch's allocator handed out since the last reset: this runner's own
+        figure (PyTorch's cache and the CUDA context are not in it)."""
         if self.device != "cuda":
             return None
-        return torch.cuda.max_memory_allocated() / 2**20
+        peak = torch.cuda.max_memory_allocated() / 2**20
+        return DeviceMemory(peak, MemoryScope.ALLOCATOR_PEAK, "torch")
 
     def describe(self) -> dict[str, Any]:
         info: dict[str, Any] = {"name": self.name, "device": self.device}

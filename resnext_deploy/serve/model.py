@@ -107,23 +107,16 @@ class ServedModel:
     def triton_config(self) -> dict[str, object]:
         """Triton's model configuration in its JSON form (``GET /v2/models/<name>/config``)."""
 
-        def tensor(t: TensorSpec, labels: bool) -> dict[str, object]:
-            entry: dict[str, object] = {
-                "name": t.name,
-                "data_type": f"TYPE_{t.datatype}",
-                "dims": list(t.shape[1:]),
-            }
-            if labels:
-                entry["label_filename"] = "labels.txt"
-            return entry
+        def tensor(t: TensorSpec) -> dict[str, object]:
+            return {"name": t.name, "data_type": f"TYPE_{t.datatype}", "dims": list(t.shape[1:])}
 
         return {
             "name": self.name,
             "platform": PLATFORM,
             "backend": "onnxruntime",
             "max_batch_size": self.max_batch_size,
-            "input": [tensor(self.input, False)],
-            "output": [tensor(o, len(o.shape) == 2) for o in self.outputs],
+            "input": [tensor(self.input)],
+            "output": [tensor(o) for o in self.outputs],
         }
 
     def close(self) -> None:

@@ -1,0 +1,217 @@
+"""Where onnxruntime spends its time: the session profiler, per node and per kind of node.
+
+``SessionOptions.enable_profiling`` writes one JSON event per node run (``<node>_kernel_time``,
+with the provider that ran it). The profiler names nodes as they are *after* graph optimization
+(fused ``QLinearConv``, NCHWc ``Conv``, ``FusedConv`` ...), so the optimized graph is written by
+a second session with the same options (``optimized_model_filepath``) and read back for each
+node's ``group`` and kernel. The profiled session does not save its graph itself: onnxruntime
+turns weight pre-packing off in a session that serializes its optimized model, which made
+resnext50 about 4x slower here.
+
+Convolutions are told apart by ``group`` and kernel (``QLinearConv group=32 3x3``): on CPUs
+without VNNI, int8 grouped convolutions are much slower than fp32 ones while dense ones are
+faster, and a single ``Conv`` line would hide that.
+
+On the CUDA provider the node events time the host side of each kernel launch, not the GPU work
+(onnxruntime records GPU kernel times only when built with CUDA profiling); shares there say
+where launches go, not where the GPU is busy.
+
+numpy + onnx + onnxruntime only.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections import defaultdict
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from resnext_deploy.errors import ConfigError
+from resnext_deploy.runtime.providers import SessionConfig, create_session
+
+KERNEL_SUFFIX = "_kernel_time"
+CONV_OPS = ("Conv", "FusedConv", "QLinearConv", "NhwcFusedConv", "ConvInteger", "NhwcConv")
+
+
+@dataclass(frozen=True)
+class NodeTime:
+    """One node of the optimized graph: time per inference call, averaged over the runs."""
+
+    name: str
+    op_type: str
+    kind: str
+    provider: str
+    ms: float
+    group: int | None = None
+    kernel: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class KindTime:
+    """All nodes of one kind (op type; convolutions also by group and kernel)."""
+
+    kind: str
+    nodes: int
+    ms: float
+    share: float
+
+
+@dataclass(frozen=True)
+class OrtProfile:
+    """Per-node and per-kind time of one model at one batch size on one provider."""
+
+    model: str
+    provider: str
+    batch_size: int
+    runs: int
+    run_ms: float
+    node_ms: float
+    kinds: tuple[KindTime, ...]
+    nodes: tuple[NodeTime, ...]
+
+    def top(self, n: int = 10) -> tuple[NodeTime, ...]:
+        return self.nodes[:n]
+
+    def kind_ms(self, kind: str) -> float:
+        return next((k.ms for k in self.kinds if k.kind == kind), 0.0)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ProfiledSession(SessionConfig):
+    """A :class:`SessionConfig` whose sessions also profile (``profile_prefix``) or write the
+    optimized graph (``optimized_path``); built with :meth:`of` from a plain one."""
+
+    profile_prefix: str | None = None
+    optimized_path: str | None = None
+
+    @classmethod
+    def of(cls, config: SessionConfig, **extra: str) -> ProfiledSession:
+        own = {f.name: getattr(config, f.name) for f in fields(SessionConfig)}
+        return cls(**own, **extra)
+
+    def session_options(self) -> Any:
+        options = super().session_options()
+        if self.profile_prefix:
+            options.enable_profiling = True
+            options.profile_file_prefix = self.profile_prefix
+        if self.optimized_path:
+            options.optimized_model_filepath = self.optimized_path
+        return options
+
+
+def node_kind(op_type: str, group: int | None, kernel: tuple[int, ...]) -> str:
+    """``QLinearConv group=32 3x3`` for convolutions, the op type for everything else."""
+    if op_type not in CONV_OPS:
+        return op_type
+    size = "x".join(map(str, kernel)) if kernel else "?"
+    return f"{op_type} group={group or 1} {size}"
+
+
+def optimized_graph(model: str | Path, config: SessionConfig, directory: Path) -> dict[str, Any]:
+    """Node name -> (op type, group, kernel) of the graph onnxruntime really runs."""
+    import onnx
+
+    target = directory / "optimized.onnx"
+    create_session(model, ProfiledSession.of(config, optimized_path=str(target)))
+    graph = onnx.load(str(target), load_external_data=False).graph
+    nodes = {}
+    for node in graph.node:
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        group = attrs.get("group")
+        kernel = tuple(int(k) for k in attrs.get("kernel_shape", ()))
+        if node.op_type in CONV_OPS and not kernel:
+            kernel = _kernel_from_weight(graph, node)
+        nodes[node.name] = (node.op_type, int(group) if group is not None else None, kernel)
+    return nodes
+
+
+def _kernel_from_weight(graph: Any, node: Any) -> tuple[int, ...]:
+    weights = {i.name: tuple(i.dims) for i in graph.initializer}
+    index = 3 if node.op_type == "QLinearConv" else 1
+    dims = weights.get(node.input[index]) if len(node.input) > index else None
+    return tuple(int(d) for d in dims[2:]) if dims else ()
+
+
+def profile_model(
+    model: str | Path,
+    batch: np.ndarray,
+    config: SessionConfig | None = None,
+    runs: int = 10,
+    warmup: int = 3,
+) -> OrtProfile:
+    """Profile ``runs`` calls on ``batch`` after ``warmup`` calls that are left out.
+
+    Raises :class:`ConfigError` for a non-positive run count, and whatever
+    :func:`create_session` raises for a provider that cannot run.
+    """
+    if runs < 1 or warmup < 0:
+        raise ConfigError("profiling needs at least one run and a non-negative warm-up")
+    config = config or SessionConfig()
+    with tempfile.TemporaryDirectory(prefix="resnext-profile-") as tmp:
+        directory = Path(tmp)
+        graph = optimized_graph(model, config, directory)
+        session = create_session(model, ProfiledSession.of(config, profile_prefix=str(directory / "ort")))
+        feed = {session.get_inputs()[0].name: batch}
+        for _ in range(warmup + runs):
+            session.run(None, feed)
+        events = json.loads(Path(session.end_profiling()).read_text())
+    return summarize_events(events, graph, str(model), config, batch.shape[0], runs, warmup)
+
+
+def summarize_events(
+    events: list[dict[str, Any]],
+    graph: dict[str, Any],
+    model: str,
+    config: SessionConfig,
+    batch_size: int,
+    runs: int,
+    warmup: int,
+) -> OrtProfile:
+    """Per-node and per-kind times from profiler ``events``, leaving out the warm-up runs."""
+    model_runs = sorted(
+        (e for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"),
+        key=lambda e: e["ts"],
+    )
+    if len(model_runs) < warmup + runs:
+        raise ConfigError(f"the profile holds {len(model_runs)} runs, expected {warmup + runs}")
+    start = model_runs[warmup]["ts"]
+    totals: dict[str, float] = defaultdict(float)
+    providers: dict[str, str] = {}
+    for event in events:
+        name = event.get("name", "")
+        if event.get("cat") != "Node" or not name.endswith(KERNEL_SUFFIX) or event["ts"] < start:
+            continue
+        node = name[: -len(KERNEL_SUFFIX)]
+        totals[node] += event["dur"] / 1e3
+        providers[node] = event.get("args", {}).get("provider", "")
+        if node not in graph:  # a node the saved graph does not hold: keep what the event says
+            graph[node] = (event.get("args", {}).get("op_name", "?"), None, ())
+    nodes = []
+    for node, total in totals.items():
+        op, group, kernel = graph[node]
+        nodes.append(
+            NodeTime(node, op, node_kind(op, group, kernel), providers[node], total / runs, group, kernel)
+        )
+    nodes.sort(key=lambda n: -n.ms)
+    node_ms = sum(n.ms for n in nodes)
+    by_kind: dict[str, list[NodeTime]] = defaultdict(list)
+    for n in nodes:
+        by_kind[n.kind].append(n)
+    kinds = sorted(
+        (
+            KindTime(kind, len(ns), sum(n.ms for n in ns), sum(n.ms for n in ns) / node_ms)
+            for kind, ns in by_kind.items()
+        ),
+        key=lambda k: -k.ms,
+    )
+    run_ms = float(np.median([e["dur"] / 1e3 for e in model_runs[warmup:]]))
+    return OrtProfile(
+        model, config.provider.value, batch_size, runs, run_ms, node_ms, tuple(kinds), tuple(nodes)
+    )
