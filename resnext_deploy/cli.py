@@ -16,7 +16,6 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
-import click
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -25,10 +24,13 @@ from typer.core import TyperGroup
 from resnext_deploy.artifact import Precision, Variant
 from resnext_deploy.bench.backends import BenchBackend
 from resnext_deploy.errors import DeployError
+from resnext_deploy.export.calibration import CalibrationMethod
 from resnext_deploy.runtime.providers import ConvAlgoSearch, Provider
 from resnext_deploy.spec import Layout, Optimizer
 
 USAGE_EXIT_CODE = 1  # as for every other bad input (README, "Commands")
+# Click's UsageError: Typer >= 0.29 vendors its own copy of Click, older ones use Click itself.
+UsageError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
 
 
 @contextmanager
@@ -38,10 +40,11 @@ def usage_errors_on_one_line() -> Iterator[None]:
     line on stderr and exit status 1. A bare ``resnext-deploy`` still prints the help."""
     try:
         yield
-    except click.exceptions.NoArgsIsHelpError:
-        raise
-    except click.UsageError as exc:
-        where = f" (see '{exc.ctx.command_path} --help')" if exc.ctx else ""
+    except UsageError as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            raise
+        ctx = getattr(exc, "ctx", None)
+        where = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
         message = escape(exc.format_message().rstrip(". ") + where)
         err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
         raise typer.Exit(USAGE_EXIT_CODE) from None
@@ -50,11 +53,11 @@ def usage_errors_on_one_line() -> Iterator[None]:
 class OneLineErrorsGroup(TyperGroup):
     """The command group, with usage errors on one line (see :func:`usage_errors_on_one_line`)."""
 
-    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
+    def make_context(self, *args: Any, **kwargs: Any) -> Any:
         with usage_errors_on_one_line():
             return super().make_context(*args, **kwargs)
 
-    def invoke(self, ctx: click.Context) -> Any:
+    def invoke(self, ctx: Any) -> Any:
         with usage_errors_on_one_line():
             return super().invoke(ctx)
 
@@ -246,8 +249,14 @@ def export(
     ] = None,
     int8_min_agreement: Annotated[
         float,
-        typer.Option(help="Refuse int8 below this top-1 agreement with fp32 on held-out images."),
+        typer.Option(
+            help="int8 gate: top-1 agreement with fp32 on held-out images. The layers adding the "
+            "most quantization error stay fp32, as few as reach it; refused if none do."
+        ),
     ] = 0.99,
+    calibration_method: Annotated[
+        CalibrationMethod, typer.Option(help="How int8 activation ranges are calibrated.")
+    ] = CalibrationMethod.MINMAX,
     embed_preprocess: Annotated[
         bool,
         typer.Option(
@@ -284,7 +293,9 @@ def export(
         verify=verify,
         precisions=tuple(p for p in Precision if p is Precision.FP32 or p in (precision or ())),
         embed_preprocess=embed_preprocess,
-        calibration=CalibrationConfig(source=calibration, min_agreement=int8_min_agreement),
+        calibration=CalibrationConfig(
+            source=calibration, min_agreement=int8_min_agreement, method=calibration_method
+        ),
     )
     with err.status(f"exporting {checkpoint} ..."):
         result = export_checkpoint(checkpoint, load, config)
@@ -296,6 +307,7 @@ def export(
                 "files": result.files,
                 "conv_groups": result.convs.by_group,
                 "parity": result.parity.to_dict(),
+                "int8": result.int8.to_dict() if result.int8 else None,
             }
         )
         return
@@ -542,6 +554,9 @@ def bench(
     prefer_nhwc: Annotated[bool, typer.Option(help="prefer_nhwc (CUDA).")] = False,
     tf32: Annotated[bool, typer.Option(help="use_tf32 (CUDA).")] = True,
     cuda_graph: Annotated[bool, typer.Option(help="enable_cuda_graph (CUDA).")] = False,
+    trt_fp16: Annotated[
+        bool, typer.Option(help="trt_fp16_enable (TensorRT: fp16 kernels where faster).")
+    ] = False,
     out_dir: Annotated[Path, typer.Option("--out", help="Where result files go.")] = Path(
         "benchmarks/results"
     ),
@@ -549,6 +564,13 @@ def bench(
         str | None, typer.Option(help="Result file stem \\[default: <model>-<provider>-<time>].")
     ] = None,
     overhead: Annotated[bool, typer.Option(help="Measure harness overhead vs a bare loop.")] = True,
+    profile: Annotated[
+        bool,
+        typer.Option(
+            help="Then profile each onnxruntime variant: time per op kind (convolutions by group "
+            "and kernel), top nodes, int8 vs fp32 per convolution class."
+        ),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Latency and throughput across batch sizes, every backend side by side."""
@@ -561,7 +583,7 @@ def bench(
     from resnext_deploy.bench.run import BenchConfig, run_benchmark
     from resnext_deploy.fileio import check_writable_dir
     from resnext_deploy.render import print_bench
-    from resnext_deploy.runtime.providers import CudaOptions
+    from resnext_deploy.runtime.providers import CudaOptions, TensorRTOptions
     from resnext_deploy.timing import Timing
 
     kinds = tuple(backend or DEFAULT_BACKENDS)
@@ -580,6 +602,7 @@ def bench(
             use_tf32=tf32,
             enable_cuda_graph=cuda_graph,
         ),
+        tensorrt=TensorRTOptions(fp16=trt_fp16),
         tune=tune,
         measure_overhead=overhead,
         command=command_line(),
@@ -608,6 +631,23 @@ def bench(
     else:
         print_bench(out, report)
         out.print("written: " + ", ".join(str(p) for p in paths.values()))
+    if profile:
+        from resnext_deploy.bench.profile import ProfileConfig, profile_bench_model, write_profile
+        from resnext_deploy.render import print_profile
+
+        variants = tuple(dict.fromkeys(k.variant for k in kinds if k.variant)) or (Variant.FP32,)
+        where = ProfileConfig(
+            variants=variants,
+            batch_sizes=config.resolved_batch_sizes(),
+            provider=provider,
+            threads=threads,
+        )
+        with err.status("profiling onnxruntime ..."):
+            profiled = profile_bench_model(model, where, checkpoint)
+        written = write_profile(profiled, out_dir, stem)
+        if not as_json:  # stdout keeps one JSON document
+            print_profile(out, profiled)
+        err.print("written: " + ", ".join(str(p) for p in written.values()), highlight=False)
 
 
 @app.command()
@@ -692,7 +732,8 @@ def triton(
         max_queue_delay_us=queue_delay_us,
         gpu=gpu,
         instances=instances,
-        cuda=CudaOptions(cudnn_conv_algo_search=algo_search),
+        # TF32 off: `verify` checks CUDA parity with TF32 off; serve what was verified.
+        cuda=CudaOptions(cudnn_conv_algo_search=algo_search, use_tf32=False),
     )
     from resnext_deploy.artifact import open_artifact
 
@@ -778,6 +819,29 @@ def serve(
     err.print("starting Ray and deploying the model ...")
     serve_model(config, lambda info: print_serving(err, info))
     err.print("stopped")
+
+
+@app.command()
+@handles_errors
+def doctor(
+    provider: Annotated[
+        Provider, typer.Option(help="The provider to check and smoke-test.")
+    ] = Provider.CPU,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Check this machine: onnxruntime, CUDA libraries, driver and GPU, CPU features, and a live
+    smoke test on a tiny built-in ResNeXt (exit 1 on any FAIL)."""
+    from resnext_deploy.doctor import run_doctor, stdout_to_stderr
+    from resnext_deploy.render import print_doctor
+
+    with stdout_to_stderr(), err.status("checking ...") as status:
+        report = run_doctor(provider, lambda step: status.update(f"checking {step} ..."))
+    if as_json:
+        emit_json(report.to_dict())
+    else:
+        print_doctor(out, report)
+    if not report.passed:
+        raise typer.Exit(1)
 
 
 def main() -> None:

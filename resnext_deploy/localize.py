@@ -421,7 +421,8 @@ def localization_targets(
     held = [v for v in config.variants if artifact.has(v)]
     if everything:
         return tuple((v, config.provider) for v in held)
-    failed = {b.backend for b in (report.backends if report else []) if not b.passed}
+    backends = report.backends if report is not None else []  # a failed report is falsy
+    failed = {b.backend for b in backends if not b.passed}
     targets = []
     for provider in Provider:
         for v in held:

@@ -21,6 +21,7 @@ import numpy as np
 
 from resnext_deploy.artifact import Tolerance
 from resnext_deploy.runtime.base import Runner
+from resnext_deploy.runtime.placement import Placement
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,8 @@ class ParityReport:
     inputs: list[str]
     backends: list[BackendParity]
     skipped: dict[str, str] = field(default_factory=dict)
+    # Where onnxruntime placed the nodes, for each backend on a non-CPU provider.
+    placements: dict[str, Placement] = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
@@ -72,6 +75,7 @@ class ParityReport:
             "inputs": self.inputs,
             "backends": [b.to_dict() for b in self.backends],
             "skipped": self.skipped,
+            "placements": {name: p.to_dict() for name, p in self.placements.items()},
         }
 
 

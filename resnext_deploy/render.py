@@ -5,12 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from resnext_deploy.bench.compare import Change
 from resnext_deploy.bench.report import BenchReport
+from resnext_deploy.doctor.report import DoctorReport
 from resnext_deploy.inspect_model import ModelInfo
 from resnext_deploy.parity import ParityReport
+from resnext_deploy.runtime.placement import Placement
 
 
 def parity_table(report: ParityReport) -> Table:
@@ -38,6 +41,7 @@ def print_parity(console: Console, report: ParityReport) -> None:
     console.print(parity_table(report))
     for name, why in report.skipped.items():
         console.print(f"[yellow]skipped[/] {name}: {why}", highlight=False)
+    print_placements(console, report.placements)
     groups: dict[Any, list[str]] = {}
     for b in report.backends:
         groups.setdefault(b.tolerance, []).append(b.backend)
@@ -92,6 +96,7 @@ def print_export(console: Console, result: Any) -> None:
         console.print(f"  {result.out_dir / name}  {size / 1e6:.1f} MB", highlight=False)
     if result.int8:
         console.print(f"int8: {int8_summary(result.int8)}", highlight=False)
+        print_int8_choice(console, result.int8)
     console.print(
         f"[green]exported[/] {result.spec.arch} ({result.spec.num_classes} classes) "
         f"to {result.out_dir}"
@@ -285,6 +290,58 @@ def print_bench(console: Console, report: BenchReport) -> None:
         )
     for b, name in (report.tuning or {}).items():
         console.print(f"best provider configuration at batch {b}: {name}")
+    placed = [d for d in report.backends if "placement" in d]
+    print_placements(console, {d["name"]: Placement.from_dict(d["placement"]) for d in placed})
+    for d in report.backends:
+        build = d.get("session_build") or {}
+        if build.get("cache_dir"):  # TensorRT: the engine is built with the session
+            how = "loaded from its cache" if build.get("from_cache") else "built"
+            console.print(
+                f"{escape(d['name'])}: engine {how} in {build['seconds']:.1f} s when the session "
+                "was created (not part of the first-call times); cache: "
+                + escape(build["cache_dir"]),
+                highlight=False,
+            )
+
+
+def placement_line(name: str, placement: Placement) -> str:
+    """``name: 50 of 53 nodes on CUDAExecutionProvider (all 53 Conv); elsewhere: ...``"""
+    convs = (
+        f"all {placement.convs} Conv"
+        if placement.convs and placement.convs == placement.convs_on_requested
+        else f"{placement.convs_on_requested} of {placement.convs} Conv"
+    )
+    line = (
+        f"{name}: {placement.on_requested} of {placement.total} nodes on "
+        f"{placement.requested} ({convs})"
+    )
+    if placement.elsewhere:
+        line += f"; elsewhere: {placement.describe_elsewhere()}"
+    return line
+
+
+def print_placements(console: Console, placements: dict[str, Placement]) -> None:
+    """Where onnxruntime placed the nodes, one line per backend on a non-CPU provider."""
+    for name, placement in placements.items():
+        mark = "placement" if placement.ok else "[red]placement[/]"
+        console.print(f"{mark} {escape(placement_line(name, placement))}", highlight=False)
+
+
+def print_doctor(console: Console, report: DoctorReport) -> None:
+    table = Table(title=f"resnext-deploy doctor (provider: {report.provider.value})")
+    for col in ("section", "check", "result", "detail"):
+        table.add_column(col, no_wrap=col != "detail", overflow="fold")
+    colours = {"PASS": "green", "FAIL": "red", "SKIP": "yellow"}
+    for c in report.checks:
+        status = f"[{colours[c.status.value]}]{c.status.value}[/]"
+        table.add_row(c.section, c.name, status, escape(c.detail))
+    console.print(table)
+    failed = report.failures
+    if failed:
+        names = ", ".join(f"{c.section}/{c.name}" for c in failed)
+        console.print(f"[red]{len(failed)} check(s) failed:[/] {escape(names)}", highlight=False)
+    else:
+        console.print(f"[green]all checks passed for the {report.provider.value} provider[/]")
 
 
 def print_comparison(console: Console, changes: list[Change], threshold: float) -> None:
@@ -371,3 +428,53 @@ def print_localization(console: Console, report: Any, rows: int | None = None) -
             console.print(f"adds the most relative error: {worst}", highlight=False)
         for name, why in loc.missing.items():
             console.print(f"[yellow]not compared[/] {name}: {why}", highlight=False)
+
+
+def print_profile(console: Console, report: Any) -> None:
+    """Time per op kind and the top nodes of each profiled variant, then int8 vs fp32 per
+    convolution class (a :class:`~resnext_deploy.bench.profile.ProfileReport`)."""
+    console.print(
+        f"onnxruntime profile on {report.provider}, {report.threads} threads, "
+        f"CPU {report.isa.model} ({report.isa.summary})",
+        highlight=False,
+    )
+    for p in report.profiles:
+        prof = p.profile
+        table = Table(
+            title=f"{p.variant.value}, batch {prof.batch_size}: {prof.run_ms:.2f} ms per run"
+        )
+        for col in ("kind", "nodes", "ms", "share"):
+            table.add_column(col, justify="left" if col == "kind" else "right")
+        for k in prof.kinds:
+            table.add_row(k.kind, str(k.nodes), f"{k.ms:.2f}", f"{k.share:.1%}")
+        console.print(table)
+        top = ", ".join(f"{n.name} ({n.kind}) {n.ms:.2f} ms" for n in prof.top(min(report.top, 5)))
+        console.print(f"top nodes: {top}", highlight=False)
+    if report.comparisons:
+        table = Table(title="Convolutions: int8 vs fp32 (per class, all nodes of it)")
+        for col in ("class", "batch", "fp32 ms", "int8 ms", "int8 speed-up"):
+            table.add_column(col, justify="left" if col == "class" else "right")
+        for c in report.comparisons:
+            speed = f"{c.int8_speedup:.2f}x"
+            table.add_row(
+                c.conv_class,
+                str(c.batch_size),
+                f"{c.fp32_ms:.2f}",
+                f"{c.int8_ms:.2f}",
+                speed if c.int8_speedup >= 1 else f"[red]{speed}[/]",
+            )
+        console.print(table)
+
+
+def print_int8_choice(console: Console, q: Any) -> None:
+    """Which layers stay fp32 and why, what runs where, and warnings about this CPU."""
+    for layer in q.fp32_layers:
+        console.print(f"  fp32: {layer.module} ({layer.reason})", highlight=False)
+    if q.int8_convs or q.fp32_convs:
+        console.print(
+            f"  onnxruntime runs {q.int8_convs} convolutions in int8 and {q.fp32_convs} in fp32 "
+            f"(calibration: {q.method}; CPU {q.isa.get('summary', '?')})",
+            highlight=False,
+        )
+    for note in q.warnings:
+        console.print(f"[yellow]warning[/] int8: {note}", highlight=False)

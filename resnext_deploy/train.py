@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from resnext_deploy.data import DIGITS, DIGITS_MEAN, DIGITS_STD, Split, load_dataset
-from resnext_deploy.errors import ConfigError, DataError, TrainingError
+from resnext_deploy.errors import ConfigError, TrainingError
 from resnext_deploy.fileio import atomic_write_bytes, check_writable_dir, save_figure
 from resnext_deploy.models.registry import ARCHS, build_model
 from resnext_deploy.preprocess import normalize
@@ -219,10 +219,6 @@ def _batches(order: np.ndarray, size: int) -> list[np.ndarray]:
     batches = [order[i : i + size] for i in range(0, len(order), size)]
     if len(batches) > 1 and len(batches[-1]) == 1:
         batches[-2:] = [np.concatenate(batches[-2:])]
-    if len(order) < 2:
-        raise DataError(
-            f"{len(order)} training image(s): BatchNorm needs batches of at least two; add images"
-        )
     return batches
 
 

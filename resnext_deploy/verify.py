@@ -11,6 +11,7 @@ import numpy as np
 from torch import nn
 
 from resnext_deploy.artifact import (
+    FP16_TOLERANCE,
     FP32_TOLERANCE,
     TORCHSCRIPT_FILE,
     WEIGHTS_FILE,
@@ -22,10 +23,18 @@ from resnext_deploy.errors import DataError, ParityError, ProviderUnavailableErr
 from resnext_deploy.parity import ParityInput, ParityReport, compare, random_inputs
 from resnext_deploy.preprocess import load_image, normalize, preprocess
 from resnext_deploy.runtime.base import Runner
-from resnext_deploy.runtime.providers import CudaOptions, Provider, SessionConfig
+from resnext_deploy.runtime.providers import (
+    CudaOptions,
+    Provider,
+    SessionConfig,
+    TensorRTOptions,
+)
 from resnext_deploy.spec import ModelSpec
 
 DEFAULT_BATCH_SIZES = (1, 2, 3, 8)
+# TensorRT computes fp32 layers in TF32 (10 mantissa bits, as fp16 has) and onnxruntime has no
+# option to switch that off, so TensorRT's fp32 results are held to the fp16 tolerance.
+TF32_TOLERANCE = FP16_TOLERANCE
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -85,24 +94,29 @@ def compare_model_with_files(
         wanted = list(config.providers)
         if config.auto_cuda and Provider.CUDA not in wanted:
             wanted.append(Provider.CUDA)
-        # TF32 (onnxruntime's CUDA default) rounds conv inputs to 10 mantissa bits: fine for
-        # serving, but parity is a statement about fp32, so it is checked with TF32 off.
-        fp32_cuda = CudaOptions(use_tf32=False)
+        inputs = parity_inputs(spec, config)
+        started: dict[Provider, SessionConfig] = {}
         for provider in wanted:
+            session = _session_config(provider, inputs)
             try:
-                runner = OrtRunner(
-                    directory / Variant.FP32.file, SessionConfig(provider=provider, cuda=fp32_cuda)
-                )
+                runner = OrtRunner(directory / Variant.FP32.file, session)
             except ProviderUnavailableError as exc:
                 if provider in config.providers:
                     raise
                 skipped[f"onnxruntime-{provider.value}"] = str(exc)
                 continue
-            add(runner, config.tolerance)
-        for runner, tolerance in _variant_runners(directory, variants):
-            add(runner, tolerance)
+            started[provider] = session
+            tf32 = provider is Provider.TENSORRT
+            add(runner, TF32_TOLERANCE if tf32 else config.tolerance)
+        for variant_runner, tolerance in _variant_runners(directory, variants, started):
+            add(variant_runner, tolerance)
         reference = stack.enter_context(EagerRunner(model))
-        report = compare(reference, candidates, parity_inputs(spec, config))
+        report = compare(reference, candidates, inputs)
+        report.placements = {
+            r.name: r.placement()
+            for r, _ in candidates
+            if isinstance(r, OrtRunner) and r.config.provider is not Provider.CPU
+        }
         if Variant.PREPROCESS in variants:
             embedded = stack.enter_context(
                 OrtRunner(directory / Variant.PREPROCESS.file, name="onnxruntime-cpu-preproc")
@@ -118,25 +132,40 @@ def compare_model_with_files(
     return report
 
 
+def _session_config(provider: Provider, inputs: list[ParityInput]) -> SessionConfig:
+    """TF32 off on CUDA: it rounds conv inputs to 10 mantissa bits, fine for serving, but parity
+    is a statement about fp32. TensorRT gets a profile covering every batch compared."""
+    batches = tuple(sorted({len(i.batch) for i in inputs}))
+    return SessionConfig(
+        provider=provider,
+        cuda=CudaOptions(use_tf32=False),
+        tensorrt=TensorRTOptions(batch_sizes=batches),
+    )
+
+
 def _variant_runners(
-    directory: Path, variants: tuple[Variant, ...]
+    directory: Path, variants: tuple[Variant, ...], started: dict[Provider, SessionConfig]
 ) -> Iterator[tuple[Runner, Tolerance]]:
-    """fp16 and int8 files, each a backend of its own with the tolerance that fits it."""
+    """fp16 on every provider whose fp32 session started (``started``: provider -> its session
+    config), int8 on the CPU: each a backend of its own with the tolerance that fits it."""
     from resnext_deploy.runtime.ort import OrtRunner
 
     for variant in (Variant.FP16, Variant.INT8):
         if variant not in variants:
             continue
-        label, tolerance = variant.value, variant.tolerance
-        try:
-            runner = OrtRunner(directory / variant.file, name=f"onnxruntime-cpu{variant.suffix}")
-        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own Fail types
-            # An unverifiable variant is not a verified one: refuse rather than skip.
-            raise ParityError(
-                f"the {label} variant cannot run on onnxruntime's CPU provider, so it cannot be "
-                f"verified: {first_line(exc, 200)}"
-            ) from None
-        yield runner, tolerance
+        providers = list(started) if variant is Variant.FP16 else [Provider.CPU]
+        for provider in providers:
+            session = started.get(provider) or SessionConfig()
+            name = f"onnxruntime-{provider.value}{variant.suffix}"
+            try:
+                runner = OrtRunner(directory / variant.file, session, name=name)
+            except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own Fail types
+                # An unverifiable variant is not a verified one: refuse rather than skip.
+                raise ParityError(
+                    f"the {variant.value} variant cannot run on onnxruntime's {provider.value} "
+                    f"provider, so it cannot be verified: {first_line(exc, 200)}"
+                ) from None
+            yield runner, variant.tolerance
 
 
 class NormalizingRunner(Runner):

@@ -20,14 +20,21 @@ from resnext_deploy.localize import find_boundaries
 runner = CliRunner()
 
 
-def plant(directory: Path, module: str, factor: float, variant: Variant = Variant.FP32) -> None:
-    """Scale ``module``'s weights in one ONNX file and re-hash the manifest, as a tampering
-    export pipeline would leave it (the manifest is consistent, the numbers are not)."""
+def plant(
+    directory: Path, module: str, factor: float, variant: Variant = Variant.FP32, largest: float = 0
+) -> None:
+    """Scale ``module``'s weights in one ONNX file (by ``factor``, or so that the largest is
+    ``largest``) and re-hash the manifest, as a faulty export step would leave it: the manifest is
+    consistent, the numbers are not."""
     path = directory / variant.file
     model = onnx.load(str(path))
     init = next(i for i in model.graph.initializer if i.name == f"{module}.weight")
     weights = numpy_helper.to_array(init)
-    init.CopyFrom(numpy_helper.from_array((weights * factor).astype(weights.dtype), init.name))
+    if largest:
+        factor = largest / float(np.abs(weights.astype(np.float64)).max())
+    scaled = (weights.astype(np.float64) * factor).astype(weights.dtype)
+    assert np.isfinite(scaled).all()
+    init.CopyFrom(numpy_helper.from_array(scaled, init.name))
     onnx.save(model, str(path))
     manifest = Manifest.read(directory)
     Manifest.build(directory, manifest.spec, manifest.versions, list(manifest.files)).write(directory)
@@ -79,7 +86,7 @@ def test_fp16_localization_names_where_the_range_is_first_exceeded(
     tiny_checkpoint: Path, tmp_path: Path
 ) -> None:
     from resnext_deploy.export.pipeline import ExportConfig, export_checkpoint
-    from resnext_deploy.export.variants import Precision
+    from resnext_deploy.artifact import Precision
     from resnext_deploy.models.checkpoint import LoadOptions
     from tests.conftest import TINY
 
@@ -87,9 +94,10 @@ def test_fp16_localization_names_where_the_range_is_first_exceeded(
     export_checkpoint(
         tiny_checkpoint,
         LoadOptions(arch=TINY),
-        ExportConfig(export, precisions=(Precision.FP32, Precision.FP16)),
+        ExportConfig(out_dir=export, precisions=(Precision.FP32, Precision.FP16)),
     )
-    plant(export, "layer3.0.conv1", 1e4, Variant.FP16)
+    # Weights stay within fp16's range; the convolution's outputs do not.
+    plant(export, "layer3.0.conv1", 0, Variant.FP16, largest=60000.0)
     code, data = verify_json(export)
     assert code == 1
     (fp16,) = data["localization"]["results"]  # only the failing backend is localized

@@ -115,6 +115,8 @@ def tuning_specs(ctx: BackendContext, variants: dict[str, CudaOptions]) -> list[
     path = ctx.export_dir / Variant.FP32.file
     specs = []
     for label, options in variants.items():
+        if ctx.provider is Provider.TENSORRT and options.enable_cuda_graph:
+            continue  # a CUDA-provider option; TensorRT sessions refuse it
         name = f"onnxruntime-{ctx.provider.value}[{label}]"
         config = ctx.session_config(options)
         specs.append(BackendSpec(name, lambda c=config, n=name: _ort(path, c, n)))

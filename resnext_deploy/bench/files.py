@@ -62,6 +62,7 @@ def to_csv(report: BenchReport) -> str:
             "rss_mb",
             "peak_rss_mb",
             "device_memory_mb",
+            "device_memory_scope",
             "error",
         ]
     )
@@ -82,6 +83,7 @@ def to_csv(report: BenchReport) -> str:
                 _num(m.rss_mb),
                 _num(m.peak_rss_mb),
                 _num(m.device_memory_mb),
+                m.device_memory_scope or "",
                 m.error,
             ]
         )

@@ -54,6 +54,8 @@ class Measurement:
     rss_mb: float | None = None
     peak_rss_mb: float | None = None
     device_memory_mb: float | None = None
+    # what device_memory_mb covers: allocator-peak (this backend), process, or device
+    device_memory_scope: str | None = None
     speedup_vs_eager: float | None = None
     error: str = ""
 
@@ -78,6 +80,7 @@ class Measurement:
             rss_mb=data.get("rss_mb"),
             peak_rss_mb=data.get("peak_rss_mb"),
             device_memory_mb=data.get("device_memory_mb"),
+            device_memory_scope=data.get("device_memory_scope"),
             speedup_vs_eager=data.get("speedup_vs_eager"),
             error=str(data.get("error", "")),
         )
@@ -168,7 +171,9 @@ def _measure_one(
         m.stats = m.end_to_end = None
         return
     m.rss_mb, m.peak_rss_mb = host_memory_mb()
-    m.device_memory_mb = runner.device_memory_mb()
+    memory = runner.device_memory()
+    if memory is not None:
+        m.device_memory_mb, m.device_memory_scope = memory.mb, memory.scope.value
 
 
 class OutputCheckError(RuntimeError):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +87,11 @@ class BenchConfig:
             "threads": self.resolved_threads(),
             "timing": self.timing.__dict__,
             "cuda": self.cuda.to_ort(),
+            **(
+                {"tensorrt": self.tensorrt.to_ort(self.cuda.device_id)}
+                if self.provider is Provider.TENSORRT
+                else {}
+            ),
             "tune": self.tune,
             "measure_overhead": self.measure_overhead,
             "seed": self.seed,
@@ -121,7 +126,8 @@ def run_benchmark(
             provider=config.provider,
             threads=threads,
             cuda=config.cuda,
-            tensorrt=config.tensorrt,
+            # one TensorRT profile over the batch sizes asked for: the engine is built once
+            tensorrt=replace(config.tensorrt, batch_sizes=batch_sizes),
         )
         specs = backend_specs(config, ctx)
         rng = np.random.default_rng(config.seed)

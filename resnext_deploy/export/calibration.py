@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 
 import numpy as np
@@ -12,16 +13,28 @@ from resnext_deploy.preprocess import list_images, load_image, normalize, prepro
 from resnext_deploy.spec import ModelSpec
 
 
+class CalibrationMethod(StrEnum):
+    """How activation ranges are taken from the calibration images (onnxruntime's calibrators):
+    min/max seen, the range minimising KL divergence of the histogram (entropy), or a
+    percentile of the histogram (99.999%) that ignores outliers."""
+
+    MINMAX = "minmax"
+    ENTROPY = "entropy"
+    PERCENTILE = "percentile"
+
+
 @dataclass(frozen=True, kw_only=True)
 class CalibrationConfig:
     """``source``: a folder of images, or ``digits`` (the bundled digits: calibrate on the
-    training split, check on the validation split). ``min_agreement``: the int8 gate."""
+    training split, check on the validation split). ``min_agreement``: the int8 gate.
+    ``method``: how activation ranges are calibrated."""
 
     source: str | None = None
     max_calibration: int = 256
     max_held_out: int = 1000
     min_agreement: float = 0.99
     seed: int = 0
+    method: CalibrationMethod = CalibrationMethod.MINMAX
 
     def __post_init__(self) -> None:
         if not 0 <= self.min_agreement <= 1:
@@ -32,8 +45,8 @@ def calibration_sets(config: CalibrationConfig, spec: ModelSpec) -> tuple[np.nda
     """(calibration, held-out) float32 NCHW arrays, disjoint."""
     if not config.source:
         raise ConfigError(
-            "int8 needs real calibration images: pass --calibration DIR (a folder of "
-            "representative images) or --calibration digits for a model trained on the digits"
+            "int8 needs real calibration images: a folder of representative images, or "
+            "'digits' for a model trained on the bundled digits"
         )
     if config.source == "digits":
         from resnext_deploy.data import load_digits

@@ -29,11 +29,10 @@ from resnext_deploy.export.onnx_export import (
     export_onnx,
 )
 from resnext_deploy.export.torchscript import export_torchscript
+from resnext_deploy.export.quantize import Int8Config, Int8Result, export_int8
 from resnext_deploy.export.variants import (
-    Int8Result,
     Precision,
     export_fp16,
-    export_int8,
     export_with_preprocessing,
 )
 from resnext_deploy.fileio import atomic_write_text
@@ -113,7 +112,10 @@ def export_model(model: nn.Module, spec: ModelSpec, config: ExportConfig) -> Exp
                 stage / Variant.INT8.file,
                 calibration,
                 held_out,
-                config.calibration.min_agreement,
+                Int8Config(
+                    min_agreement=config.calibration.min_agreement,
+                    method=config.calibration.method,
+                ),
             )
             files.append(Variant.INT8.file)
         if config.embed_preprocess:

@@ -1,22 +1,39 @@
 """A Triton Inference Server model repository for an export (onnxruntime backend).
 
-Layout: ``DIR/<model>/config.pbtxt`` and ``DIR/<model>/1/model.onnx``. The config declares the
-ONNX model's real input/output names, dtypes and dims (batch axis excluded, as Triton wants with
-``max_batch_size > 0``), dynamic batching with preferred batch sizes, instance groups and, for GPU
+Layout: ``DIR/<model>/config.pbtxt``, ``DIR/<model>/1/model.onnx``, ``labels.txt`` and
+``resnext_deploy.json``. The config declares the ONNX model's real input/output names, dtypes
+and dims (batch axis excluded, as Triton wants with ``max_batch_size > 0``), dynamic batching,
+instance groups, a warm-up at batch 1 and at the largest batch, ``label_filename`` on the
+class-score outputs (Triton's classification extension answers with labels) and, for GPU
 instances, the CUDA execution provider options as Triton accelerator parameters.
+
+What a real Triton needs, read from its sources and release notes:
+
+- The ``cuda`` execution accelerator exists from Triton 24.06 (r24.05 and older refuse the model:
+  "unknown Execution Accelerator 'cuda'").
+- Triton 24.04 ships onnxruntime 1.17.3, 24.05 and 24.06 ship 1.18.0. onnxruntime 1.17 refuses
+  ONNX IR version 10 ("Unsupported model IR version: 10, max supported IR version: 9"); 1.18
+  reads it and implements opset 21. The exported file's IR version and opsets are read from the
+  file and written, with the minimum Triton they imply, into the config's comments and
+  ``resnext_deploy.json``.
+- TF32 is off in the served GPU config: ``verify`` checks CUDA parity with TF32 off, so Triton
+  serves what was verified. CUDA graphs are refused: Triton moves inputs between requests, and a
+  captured graph replays fixed device addresses.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from resnext_deploy import __version__
+from resnext_deploy.artifact import Variant, open_artifact, parse_variant
 from resnext_deploy.errors import ArtifactError, ConfigError
 from resnext_deploy.export.atomic import atomic_directory
-from resnext_deploy.artifact import Variant, open_artifact
 from resnext_deploy.runtime.providers import CudaOptions
 
 VARIANT_FILES = {v.value: v.file for v in Variant}
@@ -28,49 +45,152 @@ ONNX_TO_TRITON = {
     "int32": "TYPE_INT32",
     "int8": "TYPE_INT8",
 }
+LABELS_FILE = "labels.txt"
+# Triton loads a model from a folder of its name: one path segment, nothing a config quote or
+# a shell could misread.
+MODEL_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+TENSOR_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:/-]*")
+CUDA_ACCELERATOR_MIN_TRITON = "24.06"
+# ONNX IR version -> (highest default-domain opset, first onnxruntime that reads both, first
+# Triton release shipping that onnxruntime). Only what was checked; other files get no claim.
+IR_REQUIREMENTS = {10: (21, "1.18", "24.05")}
+
+
+def check_model_name(name: str) -> str:
+    """Return ``name`` or raise :class:`ConfigError`: letters, digits, ``_ . -`` only, no
+    ``..``, no path separators or quotes, at most 128 characters."""
+    if not MODEL_NAME.fullmatch(name) or ".." in name:
+        raise ConfigError(
+            f"Triton model name {name!r} is not allowed: use letters, digits, '_', '-' and '.' "
+            "(no '/', '..' or quotes; at most 128 characters, not starting with '.' or '-')"
+        )
+    return name
 
 
 @dataclass(frozen=True, kw_only=True)
 class TritonConfig:
+    """``cuda`` options apply to GPU instances; TF32 must stay off and CUDA graphs are refused
+    (see the module docstring)."""
+
     model_name: str | None = None
-    variant: str = "fp32"
+    variant: Variant | str = Variant.FP32
     max_batch_size: int = 32
     preferred_batch_sizes: tuple[int, ...] = ()
     max_queue_delay_us: int = 100
     gpu: bool = False
     instances: int = 1
-    cuda: CudaOptions = field(default_factory=CudaOptions)
+    cuda: CudaOptions = field(default_factory=lambda: CudaOptions(use_tf32=False))
     version: int = 1
 
     def __post_init__(self) -> None:
-        if self.variant not in VARIANT_FILES:
-            raise ConfigError(f"variant must be one of {', '.join(VARIANT_FILES)}")
-        if self.max_batch_size < 1 or self.instances < 1:
-            raise ConfigError("max_batch_size and instances must be >= 1")
+        object.__setattr__(self, "variant", parse_variant(str(self.variant)))
+        if self.model_name is not None:
+            check_model_name(self.model_name)
+        if self.max_batch_size < 1 or self.instances < 1 or self.version < 1:
+            raise ConfigError("max_batch_size, instances and version must be >= 1")
         if any(b < 1 or b > self.max_batch_size for b in self.preferred_batch_sizes):
             raise ConfigError(f"preferred batch sizes must lie in 1..{self.max_batch_size}")
+        if self.cuda.enable_cuda_graph:
+            raise ConfigError(
+                "enable_cuda_graph is refused in a Triton config: Triton moves inputs between "
+                "requests and a captured CUDA graph replays fixed device addresses"
+            )
+        if self.gpu and self.cuda.use_tf32:
+            raise ConfigError(
+                "use_tf32 is refused in a Triton config: `verify` checks CUDA parity with TF32 "
+                "off, so the served model must run with TF32 off (CudaOptions(use_tf32=False))"
+            )
 
 
-def render_config(name: str, onnx_path: Path, config: TritonConfig) -> str:
-    """``config.pbtxt`` text for the ONNX file, in protobuf text format."""
+@dataclass(frozen=True)
+class Requirements:
+    """What a Triton server needs to load the repository."""
+
+    onnx_ir_version: int
+    onnx_opsets: dict[str, int]
+    min_onnxruntime: str | None
+    min_triton: str | None
+    reasons: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "onnx_ir_version": self.onnx_ir_version,
+            "onnx_opsets": self.onnx_opsets,
+            "min_onnxruntime": self.min_onnxruntime,
+            "min_triton": self.min_triton,
+            "reasons": list(self.reasons),
+        }
+
+
+def requirements(onnx_path: Path, gpu: bool) -> Requirements:
+    """The ONNX IR version and opsets of ``onnx_path`` and the oldest Triton that loads it."""
+    import onnx
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    ir = int(model.ir_version)
+    opsets = {imp.domain or "ai.onnx": int(imp.version) for imp in model.opset_import}
+    reasons, versions = [], []
+    known = IR_REQUIREMENTS.get(ir)
+    ort = known[1:] if known and opsets.get("ai.onnx", 0) <= known[0] else None
+    if ort is not None:
+        reasons.append(
+            f"ONNX IR version {ir} needs onnxruntime {ort[0]} or later "
+            f"(Triton {ort[1]} or later ships it)"
+        )
+        versions.append(ort[1])
+    else:
+        reasons.append(
+            f"ONNX IR version {ir}, opset {opsets.get('ai.onnx')}: check that Triton's "
+            "onnxruntime reads them"
+        )
+    if gpu:
+        reasons.append(
+            f"the 'cuda' execution accelerator needs Triton {CUDA_ACCELERATOR_MIN_TRITON} or later"
+        )
+        versions.append(CUDA_ACCELERATOR_MIN_TRITON)
+    return Requirements(
+        onnx_ir_version=ir,
+        onnx_opsets=opsets,
+        min_onnxruntime=ort[0] if ort else None,
+        min_triton=max(versions, key=lambda v: tuple(map(int, v.split(".")))) if versions else None,
+        reasons=tuple(reasons),
+    )
+
+
+def render_config(
+    name: str, onnx_path: Path, config: TritonConfig, num_classes: int | None = None
+) -> str:
+    """``config.pbtxt`` text for the ONNX file, in protobuf text format. Outputs with
+    ``num_classes`` scores per image get ``label_filename``."""
+    check_model_name(name)
     inputs, outputs = _io(onnx_path)
+    needs = requirements(onnx_path, config.gpu)
     preferred = config.preferred_batch_sizes or _default_preferred(config.max_batch_size)
     instance_kind = "KIND_GPU" if config.gpu else "KIND_CPU"
+    opsets = ", ".join(f"{d} {v}" for d, v in needs.onnx_opsets.items())
     lines = [
+        f"# Written by resnext-deploy {__version__} (variant {config.variant}).",
+        f"# Needs Triton {needs.min_triton or '(see below)'} or later: "
+        + "; ".join(needs.reasons)
+        + ".",
+        f"# model.onnx: ONNX IR version {needs.onnx_ir_version}, opsets: {opsets}.",
         f'name: "{name}"',
         'backend: "onnxruntime"',
         f"max_batch_size: {config.max_batch_size}",
     ]
     for kind, tensors in (("input", inputs), ("output", outputs)):
-        lines.append(f"{kind} [")
-        lines.append(
-            ",\n".join(
-                f'  {{\n    name: "{t["name"]}"\n    data_type: {t["type"]}\n'
-                f"    dims: [ {', '.join(str(d) for d in t['dims'])} ]\n  }}"
-                for t in tensors
+        entries = []
+        for t in tensors:
+            label = (
+                f'\n    label_filename: "{LABELS_FILE}"'
+                if kind == "output" and num_classes is not None and t["dims"] == [num_classes]
+                else ""
             )
-        )
-        lines.append("]")
+            entries.append(
+                f'  {{\n    name: "{t["name"]}"\n    data_type: {t["type"]}\n'
+                f"    dims: [ {', '.join(str(d) for d in t['dims'])} ]{label}\n  }}"
+            )
+        lines += [f"{kind} [", ",\n".join(entries), "]"]
     lines += [
         "dynamic_batching {",
         f"  preferred_batch_size: [ {', '.join(map(str, preferred))} ]",
@@ -80,9 +200,11 @@ def render_config(name: str, onnx_path: Path, config: TritonConfig) -> str:
         f"  {{\n    count: {config.instances}\n    kind: {instance_kind}\n  }}",
         "]",
     ]
+    lines += _warmup(inputs[0], sorted({1, config.max_batch_size}))
     if config.gpu:
         params = {k: v for k, v in config.cuda.to_ort().items() if k != "device_id"}
         lines += [
+            "# TF32 off (use_tf32 0): `resnext-deploy verify` checks CUDA parity with TF32 off.",
             "optimization {",
             "  execution_accelerators {",
             "    gpu_execution_accelerator: [",
@@ -94,18 +216,39 @@ def render_config(name: str, onnx_path: Path, config: TritonConfig) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _warmup(tensor: dict[str, Any], batch_sizes: list[int]) -> list[str]:
+    """Zero-filled warm-up requests, so that session start-up and cuDNN's algorithm search
+    (per input shape) happen at load time, not on the first user request."""
+    dims = ", ".join(str(d) for d in tensor["dims"])
+    lines = ["model_warmup ["]
+    entries = [
+        f'  {{\n    name: "zeros_batch_{b}"\n    batch_size: {b}\n'
+        f'    inputs {{\n      key: "{tensor["name"]}"\n      value: {{\n'
+        f"        data_type: {tensor['type']}\n        dims: [ {dims} ]\n"
+        "        zero_data: true\n      }\n    }\n  }"
+        for b in batch_sizes
+    ]
+    return [*lines, ",\n".join(entries), "]"]
+
+
 def write_repository(
     export_dir: Path, out_dir: Path, config: TritonConfig, overwrite: bool = False
 ) -> Path:
-    """Create (atomically) a model repository holding one model; returns the model's folder."""
+    """Create (atomically) a model repository holding one model; returns the model's folder.
+
+    Raises :class:`ArtifactError` for an export that fails its manifest check or lacks the
+    variant, :class:`ConfigError` for a model name Triton could misread.
+    """
     artifact = open_artifact(export_dir)
-    filename = VARIANT_FILES[config.variant]
-    if not artifact.has(filename):
+    variant = Variant(config.variant)
+    if not artifact.has(variant):
         raise ArtifactError(
-            f"{export_dir} has no {config.variant} variant ({filename}); export it "
+            f"{export_dir} has no {variant.value} variant ({variant.file}); export it "
             "with --precision / --embed-preprocess first"
         )
-    name = config.model_name or artifact.spec.arch.replace("/", "_")
+    name = check_model_name(
+        config.model_name or re.sub(r"[^A-Za-z0-9_.-]", "_", artifact.spec.arch)
+    )
     with atomic_directory(
         out_dir,
         overwrite=overwrite,
@@ -113,19 +256,27 @@ def write_repository(
         replaceable=lambda d: any(d.glob("*/resnext_deploy.json")),
         what="Triton model repository",
     ) as stage:
-        version_dir = stage / name / str(config.version)
+        model_dir = stage / name
+        if model_dir.resolve().parent != stage.resolve():
+            raise ConfigError(f"model name {name!r} would leave the repository folder")
+        version_dir = model_dir / str(config.version)
         version_dir.mkdir(parents=True)
-        shutil.copyfile(artifact.file(filename), version_dir / "model.onnx")
-        (stage / name / "config.pbtxt").write_text(
-            render_config(name, version_dir / "model.onnx", config)
+        onnx_path = version_dir / "model.onnx"
+        shutil.copyfile(artifact.file(variant), onnx_path)
+        (model_dir / "config.pbtxt").write_text(
+            render_config(name, onnx_path, config, artifact.spec.num_classes)
         )
-        (stage / name / "labels.txt").write_text("\n".join(artifact.spec.labels()) + "\n")
-        (stage / name / "resnext_deploy.json").write_text(
+        (model_dir / LABELS_FILE).write_text("\n".join(artifact.spec.labels()) + "\n")
+        (model_dir / "resnext_deploy.json").write_text(
             json.dumps(
                 {
                     "source": str(export_dir),
-                    "variant": config.variant,
+                    "variant": variant.value,
                     "spec": artifact.spec.to_dict(),
+                    "requirements": requirements(onnx_path, config.gpu).to_dict(),
+                    "cuda": {"use_tf32": False, "verified_as": "verify runs CUDA with TF32 off"}
+                    if config.gpu
+                    else None,
                 },
                 indent=2,
             )
@@ -145,6 +296,8 @@ def _io(onnx_path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         for v in values:
             if v.name in init:
                 continue
+            if not TENSOR_NAME.fullmatch(v.name):
+                raise ArtifactError(f"tensor name {v.name!r} cannot be written into a config")
             tt = v.type.tensor_type
             dtype = helper.tensor_dtype_to_np_dtype(tt.elem_type).name
             dims = [d.dim_value if d.HasField("dim_value") else -1 for d in tt.shape.dim]

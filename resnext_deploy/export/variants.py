@@ -1,5 +1,5 @@
-"""Deployment variants of an exported fp32 ONNX model: fp16, int8 (static QDQ) and a graph with
-the preprocessing inside.
+"""Deployment variants of an exported fp32 ONNX model: fp16 and a graph with the preprocessing
+inside (int8 is in :mod:`resnext_deploy.export.quantize`).
 
 Each variant is written next to ``model.onnx`` with the same metadata plus ``precision`` /
 ``input_format`` entries, and is listed in the manifest like any other artifact.
@@ -7,9 +7,6 @@ Each variant is written next to ``model.onnx`` with the same metadata plus ``pre
 
 from __future__ import annotations
 
-import tempfile
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,22 +32,7 @@ def parse_precisions(text: str) -> tuple[Precision, ...]:
     return tuple(p for p in Precision if p.value in names or p is Precision.FP32)
 
 
-@dataclass(frozen=True)
-class Int8Result:
-    calibration_images: int
-    held_out_images: int
-    top1_agreement: float
-    fp32_ms: float
-    int8_ms: float
-    fp32_bytes: int
-    int8_bytes: int
-
-    @property
-    def speedup(self) -> float:
-        return self.fp32_ms / self.int8_ms
-
-
-def _copy_metadata(src: Any, dst: Any, extra: dict[str, str]) -> None:
+def copy_metadata(src: Any, dst: Any, extra: dict[str, str]) -> None:
     props = {p.key: p.value for p in src.metadata_props} | extra
     del dst.metadata_props[:]
     for key, value in props.items():
@@ -60,7 +42,7 @@ def _copy_metadata(src: Any, dst: Any, extra: dict[str, str]) -> None:
     dst.doc_string = src.doc_string
 
 
-def _save_checked(model: Any, path: Path) -> None:
+def save_checked(model: Any, path: Path) -> None:
     import onnx
 
     onnx.save_model(model, str(path))
@@ -91,8 +73,8 @@ def export_fp16(src: Path, dst: Path) -> None:
     )
     _topological_sort(converted.graph)  # the converter appends its input Casts at the end
     del converted.graph.value_info[:]  # stale fp32 shapes; the checker re-infers them
-    _copy_metadata(model, converted, {"precision": "fp16"})
-    _save_checked(converted, dst)
+    copy_metadata(model, converted, {"precision": "fp16"})
+    save_checked(converted, dst)
 
 
 def _topological_sort(graph: Any) -> None:
@@ -113,115 +95,6 @@ def _topological_sort(graph: Any) -> None:
         copy.CopyFrom(node)
     del graph.node[:]
     graph.node.extend(copies)
-
-
-class _ArrayReader:
-    """onnxruntime ``CalibrationDataReader`` over a float32 NCHW array, in small batches."""
-
-    def __init__(self, input_name: str, data: np.ndarray, batch: int = 8) -> None:
-        self.input_name = input_name
-        self._batches: Iterator[np.ndarray] = iter(
-            [data[i : i + batch] for i in range(0, len(data), batch)]
-        )
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        batch = next(self._batches, None)
-        return None if batch is None else {self.input_name: batch}
-
-
-def export_int8(
-    src: Path,
-    dst: Path,
-    calibration: np.ndarray,
-    held_out: np.ndarray,
-    min_agreement: float = 0.99,
-    threads: int | None = None,
-) -> Int8Result:
-    """Static QDQ quantization for the CPU provider: uint8 activations, int8 per-channel weights
-    (with int8 activations onnxruntime leaves convs in fp32 and is slower than fp32 here).
-
-    Calibrates on ``calibration`` (preprocessed float32 images), then measures top-1 agreement
-    with the fp32 model on ``held_out`` images that calibration never saw, and the batch-1 speed
-    of both. Raises :class:`ExportError` when agreement is below ``min_agreement``.
-    """
-    import onnx
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    if len(calibration) == 0 or len(held_out) == 0:
-        raise ConfigError("int8 needs calibration images and held-out images to check accuracy")
-    with tempfile.TemporaryDirectory(prefix="resnext-int8-") as tmp:
-        prepared = Path(tmp) / "prepared.onnx"
-        quant_pre_process(str(src), str(prepared), skip_symbolic_shape=True)
-        quantized = Path(tmp) / "int8.onnx"
-        graph = onnx.load(str(prepared)).graph
-        input_name = graph.input[0].name
-        # The stem conv sees raw pixels and the classifier decides the answer: both stay fp32,
-        # which keeps top-1 agreement high (measured on the digits model: 94% -> 99.7%) at the
-        # cost of ~3% of ResNeXt-50's MACs.
-        keep = [n.name for n in graph.node if n.op_type == "Conv"][:1]
-        keep += [n.name for n in graph.node if n.op_type in ("Gemm", "MatMul")]
-        quantize_static(
-            str(prepared),
-            str(quantized),
-            _ArrayReader(input_name, calibration),
-            quant_format=QuantFormat.QDQ,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            per_channel=True,
-            calibrate_method=CalibrationMethod.MinMax,
-            nodes_to_exclude=keep,
-        )
-        model = onnx.load(str(quantized))
-        _copy_metadata(
-            onnx.load(str(src), load_external_data=False),
-            model,
-            {
-                "precision": "int8",
-                "calibration_images": str(len(calibration)),
-                "fp32_nodes": ",".join(keep),
-            },
-        )
-        _save_checked(model, quantized)
-        agreement, fp32_ms, int8_ms = _compare_int8(src, quantized, held_out, threads)
-        if agreement < min_agreement:
-            raise ExportError(
-                f"int8 top-1 agreement with fp32 is {agreement:.2%} on {len(held_out)} held-out "
-                f"images, below the required {min_agreement:.2%}; calibrate on more "
-                "representative images or keep fp32"
-            )
-        quantized.replace(dst)
-    return Int8Result(
-        len(calibration),
-        len(held_out),
-        agreement,
-        fp32_ms,
-        int8_ms,
-        src.stat().st_size,
-        dst.stat().st_size,
-    )
-
-
-def _compare_int8(
-    fp32: Path, int8: Path, images: np.ndarray, threads: int | None
-) -> tuple[float, float, float]:
-    from resnext_deploy.runtime.ort import OrtRunner
-    from resnext_deploy.runtime.providers import SessionConfig
-    from resnext_deploy.timing import Timing, measure
-
-    config = SessionConfig(intra_op_threads=threads)
-    a, b = OrtRunner(fp32, config), OrtRunner(int8, config)
-    pa = np.concatenate([a.infer(images[i : i + 32]) for i in range(0, len(images), 32)])
-    pb = np.concatenate([b.infer(images[i : i + 32]) for i in range(0, len(images), 32)])
-    agreement = float((pa.argmax(1) == pb.argmax(1)).mean())
-    one = images[:1]
-    timing = Timing(warmup=3, min_iters=10, min_time_s=0.5, max_time_s=5.0)
-    # Interleave two rounds so that both models see the same machine state.
-    t_a, t_b = [], []
-    for _ in range(2):
-        t_a.append(measure(lambda: a.infer(one), lambda: None, timing, 1)[1].p50_ms)
-        t_b.append(measure(lambda: b.infer(one), lambda: None, timing, 1)[1].p50_ms)
-    return agreement, float(np.median(t_a)), float(np.median(t_b))
 
 
 def export_with_preprocessing(model: Any, spec: ModelSpec, dst: Path, opset: int) -> None:
@@ -259,4 +132,4 @@ def export_with_preprocessing(model: Any, spec: ModelSpec, dst: Path, opset: int
     set_metadata(proto, spec, package_versions())
     entry = proto.metadata_props.add()
     entry.key, entry.value = "input_format", "uint8 NHWC RGB, resized to input_size"
-    _save_checked(proto, dst)
+    save_checked(proto, dst)

@@ -105,14 +105,19 @@ class OrtRunner(Runner):
         self._outputs = self.session.get_outputs()
         self.output_name = self._outputs[0].name
         self.num_outputs = len(self._outputs)
-        self.device = "cpu" if self.config.provider is Provider.CPU else "cuda"
+        self.device = self.memory_device
         self.name = name or f"onnxruntime-{self.config.provider.value}"
         self._bound: dict[tuple[int, ...], _ShapeBinding] = {}
         self._last: _ShapeBinding | None = None
 
     @property
+    def memory_device(self) -> str:
+        """Where onnxruntime keeps this session's inputs and outputs (``OrtValue`` device)."""
+        return "cpu" if self.config.provider is Provider.CPU else "cuda"
+
+    @property
     def device_id(self) -> int:
-        return self.config.cuda.device_id if self.device == "cuda" else 0
+        return self.config.cuda.device_id if self.memory_device == "cuda" else 0
 
     @property
     def uses_cuda_graph(self) -> bool:
@@ -152,7 +157,7 @@ class OrtRunner(Runner):
         # On the CPU an OrtValue wraps the numpy buffer it is given: give it a private copy, so
         # that neither the caller reusing its array nor update_inplace touch the other's data.
         x = ort.OrtValue.ortvalue_from_numpy(
-            np.array(batch, copy=True), self.device, self.device_id
+            np.array(batch, copy=True), self.memory_device, self.device_id
         )
         binding = self.session.io_binding()
         binding.bind_ortvalue_input(self.input_name, x)
@@ -164,7 +169,7 @@ class OrtRunner(Runner):
                     "axis may be dynamic for its buffer to be allocated ahead"
                 )
             y = ort.OrtValue.ortvalue_from_shape_and_type(
-                shape, _numpy_type(meta.type), self.device, self.device_id
+                shape, _numpy_type(meta.type), self.memory_device, self.device_id
             )
             binding.bind_ortvalue_output(meta.name, y)
         options = ort.RunOptions()

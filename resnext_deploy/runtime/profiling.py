@@ -49,6 +49,11 @@ class NodeTime:
     group: int | None = None
     kernel: tuple[int, ...] = ()
 
+    @property
+    def conv_class(self) -> str | None:
+        """``group=32 3x3`` for any convolution, fp32 or int8 alike; ``None`` for other ops."""
+        return conv_class(self.op_type, self.group, self.kernel)
+
 
 @dataclass(frozen=True)
 class KindTime:
@@ -79,6 +84,14 @@ class OrtProfile:
     def kind_ms(self, kind: str) -> float:
         return next((k.ms for k in self.kinds if k.kind == kind), 0.0)
 
+    def conv_ms(self) -> dict[str, float]:
+        """Milliseconds per convolution class (``group=32 3x3``), whatever kernel ran it."""
+        totals: dict[str, float] = defaultdict(float)
+        for node in self.nodes:
+            if node.conv_class is not None:
+                totals[node.conv_class] += node.ms
+        return dict(totals)
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -106,12 +119,17 @@ class ProfiledSession(SessionConfig):
         return options
 
 
+def conv_class(op_type: str, group: int | None, kernel: tuple[int, ...]) -> str | None:
+    if op_type not in CONV_OPS:
+        return None
+    size = "x".join(map(str, kernel)) if kernel else "?"
+    return f"group={group or 1} {size}"
+
+
 def node_kind(op_type: str, group: int | None, kernel: tuple[int, ...]) -> str:
     """``QLinearConv group=32 3x3`` for convolutions, the op type for everything else."""
-    if op_type not in CONV_OPS:
-        return op_type
-    size = "x".join(map(str, kernel)) if kernel else "?"
-    return f"{op_type} group={group or 1} {size}"
+    cls = conv_class(op_type, group, kernel)
+    return op_type if cls is None else f"{op_type} {cls}"
 
 
 def optimized_graph(model: str | Path, config: SessionConfig, directory: Path) -> dict[str, Any]:

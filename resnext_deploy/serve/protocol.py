@@ -35,7 +35,7 @@ ORT_TO_V2 = {
     "tensor(int64)": "INT64",
     "tensor(bool)": "BOOL",
 }
-V2_DTYPES = {
+V2_DTYPES: dict[str, np.dtype[Any]] = {
     "FP32": np.dtype("<f4"),
     "FP16": np.dtype("<f2"),
     "FP64": np.dtype("<f8"),
@@ -45,6 +45,8 @@ V2_DTYPES = {
     "INT64": np.dtype("<i8"),
     "BOOL": np.dtype("?"),
 }
+# numpy dtype strings -> the protocol's datatypes, for outputs.
+NUMPY_TO_V2 = {dtype.str: name for name, dtype in V2_DTYPES.items()}
 BINARY_HEADER = "Inference-Header-Content-Length"
 
 
@@ -69,7 +71,7 @@ class TensorSpec:
     shape: tuple[int, ...]
 
     @property
-    def dtype(self) -> np.dtype:
+    def dtype(self) -> np.dtype[Any]:
         return V2_DTYPES[self.datatype]
 
     def describe(self) -> str:
@@ -163,16 +165,16 @@ def _flag(params: dict[str, Any], key: str, where: str) -> bool:
     return value
 
 
-def _parse_input(
-    entry: Any, binary: bytes, spec: TensorSpec, max_batch_size: int
-) -> np.ndarray:
+def _parse_input(entry: Any, binary: bytes, spec: TensorSpec, max_batch_size: int) -> np.ndarray:
     if not isinstance(entry, dict):
         raise bad_request("each input must be an object with name, datatype, shape and data")
     name, datatype, shape = entry.get("name"), entry.get("datatype"), entry.get("shape")
     if name != spec.name:
         raise bad_request(f"unexpected input {name!r}: the model takes {spec.describe()}")
     if datatype != spec.datatype:
-        raise bad_request(f"input {name!r} has datatype {datatype!r}; the model takes {spec.describe()}")
+        raise bad_request(
+            f"input {name!r} has datatype {datatype!r}; the model takes {spec.describe()}"
+        )
     shape = _check_shape(shape, spec, max_batch_size)
     count = math.prod(shape)
     params = _parameters(entry, f"input {name!r}")
@@ -223,9 +225,13 @@ def _json_data(data: Any, name: str, shape: list[int], spec: TensorSpec) -> np.n
     try:
         values = np.array(data, dtype=np.float64)
     except (ValueError, TypeError):
-        raise bad_request(f"'data' of input {name!r} must hold numbers only, in a regular shape") from None
+        raise bad_request(
+            f"'data' of input {name!r} must hold numbers only, in a regular shape"
+        ) from None
     if values.size != math.prod(shape):
-        raise bad_request(f"input {name!r} has {values.size} values; shape {shape} needs {math.prod(shape)}")
+        raise bad_request(
+            f"input {name!r} has {values.size} values; shape {shape} needs {math.prod(shape)}"
+        )
     if not np.isfinite(values).all():
         raise bad_request(f"input {name!r} holds null, NaN or infinite values")
     if spec.dtype.kind in "iub":
@@ -245,7 +251,9 @@ def _parse_outputs(outputs: Any, names: tuple[str, ...]) -> tuple[RequestedOutpu
     for entry in outputs:
         name = entry.get("name") if isinstance(entry, dict) else None
         if name not in names:
-            raise bad_request(f"unknown output {name!r}; the model's outputs are {', '.join(names)}")
+            raise bad_request(
+                f"unknown output {name!r}; the model's outputs are {', '.join(names)}"
+            )
         params = _parameters(entry, f"output {name!r}")
         binary = params.get("binary_data")
         if binary is not None and not isinstance(binary, bool):
@@ -270,11 +278,19 @@ def encode_infer_response(
         value = outputs[want.name]
         if want.class_count:
             value = classification(value, want.class_count, labels)
-        datatype = "BYTES" if value.dtype == object else ORT_TO_V2_NUMPY[value.dtype.str]
-        entry: dict[str, Any] = {"name": want.name, "datatype": datatype, "shape": list(value.shape)}
+        datatype = "BYTES" if value.dtype == object else NUMPY_TO_V2[value.dtype.str]
+        entry: dict[str, Any] = {
+            "name": want.name,
+            "datatype": datatype,
+            "shape": list(value.shape),
+        }
         binary = request.binary_output if want.binary is None else want.binary
         if binary:
-            raw = serialize_bytes(value) if datatype == "BYTES" else np.ascontiguousarray(value).tobytes()
+            raw = (
+                serialize_bytes(value)
+                if datatype == "BYTES"
+                else np.ascontiguousarray(value).tobytes()
+            )
             entry["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)
         else:
@@ -290,9 +306,6 @@ def encode_infer_response(
         "content-type": "application/octet-stream",
         BINARY_HEADER: str(len(header)),
     }
-
-
-ORT_TO_V2_NUMPY = {dtype.str: name for name, dtype in V2_DTYPES.items()} | {"|b1": "BOOL"}
 
 
 def classification(values: np.ndarray, k: int, labels: list[str]) -> np.ndarray:

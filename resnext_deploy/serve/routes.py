@@ -152,7 +152,9 @@ class InferenceAPI:
         rgb = decode_image(request.body, self.max_image_pixels)
         outputs = await self.infer(self.model.image_rows(rgb))
         prediction = self.model.top_k(outputs, "upload", top_k)
-        return HttpResponse.json({"model_name": self.model.name, "top": prediction.to_dict()["top"]})
+        return HttpResponse.json(
+            {"model_name": self.model.name, "top": prediction.to_dict()["top"]}
+        )
 
 
 def _allow(request: HttpRequest, method: str) -> None:
@@ -163,7 +165,9 @@ def _allow(request: HttpRequest, method: str) -> None:
 def _identity_encoding(request: HttpRequest) -> None:
     encoding = request.headers.get("content-encoding", "identity").strip().lower()
     if encoding not in ("", "identity"):
-        raise RequestError(415, f"Content-Encoding {encoding!r} is not accepted; send it uncompressed")
+        raise RequestError(
+            415, f"Content-Encoding {encoding!r} is not accepted; send it uncompressed"
+        )
 
 
 def _top_k(text: str, classes: int) -> int:

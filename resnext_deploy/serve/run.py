@@ -120,12 +120,28 @@ def _shutdown(ray: Any, app: str, address: str | None) -> None:
     from ray import serve
 
     try:
-        if address is None:
-            serve.shutdown()
-        else:
+        if address is not None:
             serve.delete(app)  # leave the cluster's other applications alone
+        elif _local_ray_alive():
+            serve.shutdown()  # drains in-flight requests, then stops the replicas
     finally:
         ray.shutdown()
+
+
+def _local_ray_alive() -> bool:
+    """False when the local Ray's GCS or raylet already exited: a signal sent to the whole
+    process group (``kill -TERM -PGID``) reaches them too, and a graceful Serve shutdown
+    would then wait 30 s for a GCS that is gone."""
+    import psutil
+
+    alive = set()
+    for child in psutil.Process().children():
+        try:
+            if child.status() != psutil.STATUS_ZOMBIE:
+                alive.add(child.name())
+        except psutil.Error:
+            continue
+    return {"gcs_server", "raylet"} <= alive
 
 
 def _trap_signals(stop: threading.Event) -> None:

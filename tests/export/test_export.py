@@ -9,20 +9,15 @@ import onnx
 import pytest
 import torch
 
+from resnext_deploy.artifact import MANIFEST_FILE as MANIFEST
+from resnext_deploy.artifact import ONNX_FILE, TORCHSCRIPT_FILE, WEIGHTS_FILE, open_artifact
 from resnext_deploy.errors import ArtifactError, ConfigError, ParityError
-from resnext_deploy.export.manifest import (
-    MANIFEST,
-    ONNX_FILE,
-    TORCHSCRIPT_FILE,
-    WEIGHTS_FILE,
-    open_artifact,
-    sha256_of,
-)
 from resnext_deploy.export.onnx_export import conv_summary, read_onnx_spec
 from resnext_deploy.export.pipeline import ExportConfig, export_checkpoint
-from resnext_deploy.export.torchscript import load_torchscript, read_torchscript_spec
+from resnext_deploy.fileio import sha256_of
 from resnext_deploy.models.checkpoint import LoadOptions
 from resnext_deploy.parity import BackendParity, ParityReport
+from resnext_deploy.runtime.torch_runners import load_torchscript, read_torchscript_spec
 from resnext_deploy.verify import VerifyConfig, verify_artifact
 from tests.conftest import TINY
 
@@ -113,7 +108,7 @@ def test_existing_output_is_kept_without_force(tiny_checkpoint: Path, tmp_path: 
     out.mkdir()
     (out / "keep.txt").write_text("mine")
     with pytest.raises(ConfigError, match="--force"):
-        export_checkpoint(tiny_checkpoint, LoadOptions(arch=TINY), ExportConfig(out))
+        export_checkpoint(tiny_checkpoint, LoadOptions(arch=TINY), ExportConfig(out_dir=out))
     assert (out / "keep.txt").read_text() == "mine"
 
 
@@ -129,7 +124,7 @@ def test_failed_parity_gate_leaves_nothing(
     monkeypatch.setattr(pipeline, "compare_model_with_files", disagreeing)
     out = tmp_path / "gated"
     with pytest.raises(ParityError, match="nothing was written"):
-        export_checkpoint(tiny_checkpoint, LoadOptions(arch=TINY), ExportConfig(out))
+        export_checkpoint(tiny_checkpoint, LoadOptions(arch=TINY), ExportConfig(out_dir=out))
     assert list(tmp_path.iterdir()) == []
 
 
@@ -137,7 +132,9 @@ def test_force_replaces_an_old_export(tiny_checkpoint: Path, tmp_path: Path) -> 
     out = tmp_path / "out"
     out.mkdir()
     (out / "stale.txt").write_text("old")
-    export_checkpoint(tiny_checkpoint, LoadOptions(arch=TINY), ExportConfig(out, overwrite=True))
+    export_checkpoint(
+        tiny_checkpoint, LoadOptions(arch=TINY), ExportConfig(out_dir=out, overwrite=True)
+    )
     assert not (out / "stale.txt").exists() and (out / MANIFEST).is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 

@@ -9,26 +9,30 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 import torch
+from PIL import Image
 
+from resnext_deploy.artifact import MANIFEST_FILE as MANIFEST
+from resnext_deploy.artifact import ONNX_FILE, Variant, open_artifact
 from resnext_deploy.errors import ArtifactError, ConfigError, ExportError
 from resnext_deploy.export.calibration import CalibrationConfig
-from resnext_deploy.export.manifest import MANIFEST, ONNX_FILE, open_artifact
 from resnext_deploy.export.pipeline import ExportConfig, export_checkpoint
-from resnext_deploy.export.variants import (
-    FP16_FILE,
-    INT8_FILE,
-    PREPROCESS_FILE,
-    Precision,
-    parse_precisions,
-)
+from resnext_deploy.export.variants import Precision, parse_precisions
 from resnext_deploy.models.checkpoint import LoadOptions
 from resnext_deploy.predict import Classifier
+from resnext_deploy.preprocess import resize_and_crop
 from resnext_deploy.runtime.ort import OrtRunner
+from resnext_deploy.spec import ModelSpec
 from resnext_deploy.verify import VerifyConfig, verify_artifact
+from tests.conftest import TINY
+from tests.photos import colour_photos
 
 ROOT = Path(__file__).resolve().parents[2]
+FP16_FILE, INT8_FILE, PREPROCESS_FILE = (
+    v.file for v in (Variant.FP16, Variant.INT8, Variant.PREPROCESS)
+)
 ALL = (Precision.FP32, Precision.FP16, Precision.INT8)
 
 
@@ -40,10 +44,63 @@ def variants(digits_run, tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN
         result.checkpoint,
         LoadOptions(),
         ExportConfig(
-            out, precisions=ALL, embed_preprocess=True, calibration=CalibrationConfig("digits")
+            out_dir=out,
+            precisions=ALL,
+            embed_preprocess=True,
+            calibration=CalibrationConfig(source="digits"),
         ),
     )
     return result, exported
+
+
+@pytest.fixture(scope="module")
+def colour_export(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model exported with its preprocessing graph. Its ImageNet mean and std differ per
+    channel (the digits model's do not), so channel-order mistakes show on colour photos."""
+    out = tmp_path_factory.mktemp("colour") / "tiny"
+    names = tuple(f"c{i}" for i in range(7))
+    export_checkpoint(
+        tiny_checkpoint,
+        LoadOptions(arch=TINY, class_names=names),
+        ExportConfig(out_dir=out, embed_preprocess=True),
+    )
+    return out
+
+
+def _plain_session(path: Path) -> ort.InferenceSession:
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def _metadata_spec(path: Path) -> dict:
+    """The spec as the ONNX file carries it, read with onnx alone."""
+    props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    return json.loads(props["resnext_deploy.spec"])
+
+
+def _normalise_by_hand(images: np.ndarray, spec: dict) -> np.ndarray:
+    """uint8 NHWC -> float32 NCHW, ``(x / 255 - mean) / std`` with the metadata's mean and std."""
+    x = images.astype(np.float32) / np.float32(255.0)
+    x = (x - np.asarray(spec["mean"], np.float32)) / np.asarray(spec["std"], np.float32)
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+
+
+def _logits(session: ort.InferenceSession, batch: np.ndarray) -> np.ndarray:
+    name = session.get_inputs()[0].name
+    return np.concatenate(
+        [session.run(None, {name: batch[i : i + 32]})[0] for i in range(0, len(batch), 32)]
+    )
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits.astype(np.float64)
+    e = np.exp(z - z.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
+
+
+def _photo_crops(spec: dict) -> np.ndarray:
+    """The colour photos resized and centre-cropped to the model's input (uint8 NHWC)."""
+    model_spec = ModelSpec("photos", 1, input_size=spec["input_size"], resize=spec["resize"])
+    return np.stack([resize_and_crop(p, model_spec) for p in colour_photos().values()])
 
 
 def test_every_variant_is_written_verified_and_in_the_manifest(variants) -> None:  # noqa: ANN001
@@ -85,6 +142,70 @@ def test_int8_is_gated_on_held_out_digits(variants) -> None:  # noqa: ANN001
     assert parity["int8"]["top1_agreement"] == q.top1_agreement
 
 
+def test_int8_agreement_is_recomputed_from_the_two_files(variants) -> None:  # noqa: ANN001
+    # Independent of how the export measured it: plain onnxruntime on model.onnx and
+    # model.int8.onnx, on the held-out digits, normalised by hand with the metadata's spec.
+    result, exported = variants
+    reported = json.loads((exported.out_dir / "parity.json").read_text())["int8"]
+    n = reported["held_out_images"]
+    assert n == len(result.val_images)
+    spec = _metadata_spec(exported.out_dir / ONNX_FILE)
+    batch = _normalise_by_hand(result.val_images.images[:n], spec)
+    fp32 = _logits(_plain_session(exported.out_dir / ONNX_FILE), batch)
+    int8 = _logits(_plain_session(exported.out_dir / INT8_FILE), batch)
+    agreement = float((fp32.argmax(1) == int8.argmax(1)).mean())
+    assert reported["top1_agreement"] == pytest.approx(agreement, abs=1e-12)
+    assert exported.int8 is not None
+    assert exported.int8.top1_agreement == pytest.approx(agreement, abs=1e-12)
+    # The test's power: if int8 agreed on every held-out digit, a measurement of fp32 against
+    # itself (100%) would look the same.
+    assert agreement < 1.0, (
+        "int8 now agrees with fp32 on every held-out digit: this test can no longer tell the real "
+        "measurement from fp32 compared with itself; give it images where the two disagree"
+    )
+
+
+def test_fp16_runs_the_classifier_and_the_reductions_in_fp32(variants) -> None:  # noqa: ANN001
+    _, exported = variants
+    model = onnx.load(str(exported.out_dir / FP16_FILE))
+    inferred = onnx.shape_inference.infer_shapes(model).graph
+    elem_type = {
+        v.name: v.type.tensor_type.elem_type
+        for v in (*inferred.value_info, *inferred.input, *inferred.output)
+    }
+    initializers = {t.name: t for t in model.graph.initializer}
+    producer = {out: node for node in model.graph.node for out in node.output}
+
+    def origin(name: str) -> str:
+        while name in producer and producer[name].op_type == "Cast":
+            name = producer[name].input[0]
+        return name
+
+    float32 = onnx.TensorProto.FLOAT
+    classifier = [n for n in model.graph.node if n.op_type in ("Gemm", "MatMul")]
+    reductions = [n for n in model.graph.node if n.op_type in ("GlobalAveragePool", "ReduceMean")]
+    assert classifier and reductions
+    for node, data_inputs in [(n, n.input) for n in classifier] + [
+        (n, n.input[:1]) for n in reductions
+    ]:
+        for name in data_inputs:
+            if name in initializers:
+                assert initializers[name].data_type == float32, (node.name, name)
+                continue
+            cast = producer[name]
+            to = (
+                next(a.i for a in cast.attribute if a.name == "to") if cast.op_type == "Cast" else 0
+            )
+            assert to == float32, f"{node.op_type} {node.name} reads {name} from {cast.op_type}"
+            source = origin(name)
+            if source in initializers:  # a weight: kept as a float32 initializer
+                assert initializers[source].data_type == float32, (node.name, source)
+        assert all(elem_type[out] == float32 for out in node.output), node.name
+    # ...while the convolutions really are fp16.
+    conv_weights = [initializers[n.input[1]] for n in model.graph.node if n.op_type == "Conv"]
+    assert conv_weights and all(w.data_type == onnx.TensorProto.FLOAT16 for w in conv_weights)
+
+
 def test_preprocessing_in_graph_matches_the_python_path(variants) -> None:  # noqa: ANN001
     result, exported = variants
     images = result.val_images.images[:20]
@@ -97,6 +218,19 @@ def test_preprocessing_in_graph_matches_the_python_path(variants) -> None:  # no
     assert embedded.session.get_inputs()[0].type == "tensor(uint8)"
 
 
+def test_preprocessing_graph_on_colour_photos_matches_the_fp32_model(colour_export: Path) -> None:
+    spec = _metadata_spec(colour_export / ONNX_FILE)
+    assert len(set(spec["mean"])) == 3 and len(set(spec["std"])) == 3
+    crops = _photo_crops(spec)
+    # Really colour: red and blue differ by a lot on average.
+    assert np.abs(crops[..., 0].astype(float) - crops[..., 2]).mean() > 10
+    logits, probs = _plain_session(colour_export / PREPROCESS_FILE).run(None, {"image": crops})
+    expected = _logits(_plain_session(colour_export / ONNX_FILE), _normalise_by_hand(crops, spec))
+    scale = float(np.abs(expected).max())
+    assert float(np.abs(logits - expected).max()) <= 1e-4 * scale
+    np.testing.assert_allclose(probs, _softmax(expected), rtol=0, atol=1e-6)
+
+
 def test_verify_treats_each_variant_as_a_backend(variants) -> None:  # noqa: ANN001
     _, exported = variants
     report = verify_artifact(open_artifact(exported.out_dir), VerifyConfig(batch_sizes=(1, 4)))
@@ -106,11 +240,11 @@ def test_verify_treats_each_variant_as_a_backend(variants) -> None:  # noqa: ANN
 
 def test_int8_without_calibration_images_is_refused(digits_run, tmp_path: Path) -> None:  # noqa: ANN001
     result, _ = digits_run
-    with pytest.raises(ConfigError, match="--calibration"):
+    with pytest.raises(ConfigError, match="needs real calibration images"):
         export_checkpoint(
             result.checkpoint,
             LoadOptions(),
-            ExportConfig(tmp_path / "x", precisions=(Precision.INT8,)),
+            ExportConfig(out_dir=tmp_path / "x", precisions=(Precision.INT8,)),
         )
     assert list(tmp_path.iterdir()) == []
 
@@ -120,18 +254,19 @@ def test_int8_below_the_agreement_threshold_is_refused(
     tmp_path: Path,  # noqa: ANN001
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import resnext_deploy.export.variants as variants_module
+    import resnext_deploy.export.quantize as quantize_module
 
-    monkeypatch.setattr(variants_module, "_compare_int8", lambda *a: (0.9, 1.0, 0.5))
+    # Every attempt measures 90%: keeping layers in fp32 cannot reach the gate either.
+    monkeypatch.setattr(quantize_module, "top1_agreement", lambda *a: 0.9)
     result, _ = digits_run
-    with pytest.raises(ExportError, match="90.00% on 3[56][0-9] held-out"):
+    with pytest.raises(ExportError, match="at most 90.00% on 3[56][0-9] held-out"):
         export_checkpoint(
             result.checkpoint,
             LoadOptions(),
             ExportConfig(
-                tmp_path / "x",
+                out_dir=tmp_path / "x",
                 precisions=(Precision.INT8,),
-                calibration=CalibrationConfig("digits"),
+                calibration=CalibrationConfig(source="digits"),
             ),
         )
     assert list(tmp_path.iterdir()) == []
@@ -145,7 +280,7 @@ def test_fp16_refuses_a_model_that_overflows(digits_run, tmp_path: Path) -> None
     torch.save(saved, path)
     with pytest.raises(ExportError, match="overflows in fp16"):
         export_checkpoint(
-            path, LoadOptions(), ExportConfig(tmp_path / "x", precisions=(Precision.FP16,))
+            path, LoadOptions(), ExportConfig(out_dir=tmp_path / "x", precisions=(Precision.FP16,))
         )
     assert not (tmp_path / "x").exists()
 
@@ -262,21 +397,20 @@ def _node_example() -> Path:
     return example
 
 
-def test_node_example_matches_python(variants, tmp_path: Path) -> None:  # noqa: ANN001
-    from PIL import Image
-
+def test_node_example_matches_python_on_colour_photos(colour_export: Path, tmp_path: Path) -> None:
     example = _node_example()
-    result, exported = variants
+    spec = _metadata_spec(colour_export / ONNX_FILE)
+    crops = _photo_crops(spec)
     files = []
-    for i in range(8):
-        path = tmp_path / f"digit{i}.png"
-        Image.fromarray(result.val_images.images[i]).save(path)
+    for i, crop in enumerate(crops):
+        path = tmp_path / f"photo{i}.png"
+        Image.fromarray(crop).save(path)
         files.append(path)
     proc = subprocess.run(
         [
             "node",
             "classify.js",
-            str(exported.out_dir / PREPROCESS_FILE),
+            str(colour_export / PREPROCESS_FILE),
             *map(str, files),
             "--top-k",
             "3",
@@ -288,22 +422,26 @@ def test_node_example_matches_python(variants, tmp_path: Path) -> None:  # noqa:
     )
     assert proc.returncode == 0, proc.stderr
     node = [json.loads(line) for line in proc.stdout.splitlines()]
-    python = Classifier(exported.out_dir).classify(
-        [result.val_images.images[i] for i in range(8)], [str(f) for f in files], top_k=3
-    )
-    for js, py in zip(node, python, strict=True):
-        assert js["file"] == py.file
-        assert [t["label"] for t in js["top"]] == list(py.labels)
+    # Python reference: the fp32 model fed with the normalisation done by hand.
+    fp32 = _logits(_plain_session(colour_export / ONNX_FILE), _normalise_by_hand(crops, spec))
+    expected = _softmax(fp32)
+    assert len(node) == len(files)
+    for js, path, probs in zip(node, files, expected, strict=True):
+        assert js["file"] == str(path)
+        top = js["top"]
+        assert [t["label"] for t in top] == [spec["class_names"][t["index"]] for t in top]
         np.testing.assert_allclose(
-            [t["probability"] for t in js["top"]], py.probabilities, atol=1e-5
+            [t["probability"] for t in top], probs[[t["index"] for t in top]], atol=1e-5
+        )
+        np.testing.assert_allclose(
+            [t["probability"] for t in top], np.sort(probs)[::-1][:3], atol=1e-5
         )
 
 
-def test_node_example_rejects_a_model_without_embedded_preprocessing(variants) -> None:  # noqa: ANN001
+def test_node_example_rejects_a_model_without_embedded_preprocessing(colour_export: Path) -> None:
     example = _node_example()
-    _, exported = variants
     proc = subprocess.run(
-        ["node", "classify.js", str(exported.out_dir / ONNX_FILE), "x.png"],
+        ["node", "classify.js", str(colour_export / ONNX_FILE), "x.png"],
         cwd=example,
         capture_output=True,
         text=True,

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from resnext_deploy.errors import CheckpointError
 from resnext_deploy.artifact import ONNX_FILE
+from resnext_deploy.errors import CheckpointError
 from resnext_deploy.export.pipeline import ExportConfig, export_checkpoint
 from resnext_deploy.models.checkpoint import LoadOptions, load_model
 from resnext_deploy.models.layouts import detect_layout
@@ -75,7 +75,9 @@ def test_export_has_one_grouped_conv_per_block_and_matches_the_original(
     fixture: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
     original, path = request.getfixturevalue(fixture)
-    result = export_checkpoint(path, LoadOptions(input_size=64), ExportConfig(tmp_path / "e"))
+    result = export_checkpoint(
+        path, LoadOptions(input_size=64), ExportConfig(out_dir=tmp_path / "e")
+    )
     blocks = sum(result.spec.architecture().layers)
     assert result.convs.by_group[32] == blocks
     import onnx
@@ -124,7 +126,7 @@ def test_full_size_tutorial_checkpoints(factory, blocks: int, tmp_path: Path) ->
     torch.manual_seed(0)
     original = randomize(factory())
     path = _save(original, tmp_path / "seed.pth")
-    result = export_checkpoint(path, LoadOptions(), ExportConfig(tmp_path / "e"))
+    result = export_checkpoint(path, LoadOptions(), ExportConfig(out_dir=tmp_path / "e"))
     assert result.convs.by_group[32] == blocks
     runner = OrtRunner(tmp_path / "e" / ONNX_FILE)
     inputs = random_inputs((1, 2), 224, seed=5)

@@ -1,0 +1,497 @@
+"""int8 that pays: static QDQ quantization whose fp32 layers are chosen by measured speed and
+measured accuracy.
+
+Static QDQ for onnxruntime's CPU provider: uint8 activations, int8 per-channel weights (with int8
+activations onnxruntime leaves convolutions in fp32 and is slower than fp32 here). Then:
+
+1. **Speed.** The fp32 graph and the all-int8 graph are profiled (onnxruntime's profiler, time
+   per convolution class such as ``group=32 3x3``). Every class that runs slower in int8 than in
+   fp32 on this machine stays fp32 -- on CPUs without VNNI that is the grouped 3x3 convolution
+   (measured 2.7x slower than fp32 in resnext50), while dense convolutions gain ~2x.
+2. **Really fp32.** ``nodes_to_exclude`` is not enough: a convolution left in fp32 between a
+   DequantizeLinear and a QuantizeLinear is quantized again at session time by onnxruntime's
+   ``WeightBiasQuantization`` (per-tensor int8 weights) and fused into a ``QLinearConv``. It
+   rewrites only nodes of type ``Conv`` whose output path leads to a QuantizeLinear through
+   ReLU/Clip alone, so each kept convolution becomes onnxruntime's ``com.microsoft.FusedConv``
+   (its ReLU folded in, as onnxruntime's own fp32 optimizer does). The optimized graph is read
+   back to prove that the kept nodes run as fp32 convolutions; the file then needs onnxruntime
+   (it already did: QDQ int8 is an onnxruntime CPU format here).
+3. **Accuracy** (NNCF's ``quantize_with_accuracy_control`` in spirit). When top-1 agreement with
+   fp32 on held-out images is below the gate, every quantized layer is ranked by the relative
+   error it adds of its own (:mod:`resnext_deploy.localize`, int8 against the fp32 export on
+   calibration images), and the fewest top-ranked layers are kept in fp32 that bring agreement
+   above the gate (doubling, then bisection).
+
+The chosen fp32 layers, the reason for each, the calibration method and the CPU's ISA are written
+to the model's metadata and returned.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from resnext_deploy.errors import ConfigError, ExportError
+from resnext_deploy.export.calibration import CalibrationMethod
+from resnext_deploy.export.variants import copy_metadata, save_checked
+from resnext_deploy.runtime.cpu import CpuIsa, cpu_isa
+
+MS_DOMAIN = "com.microsoft"
+QUANTIZABLE = ("Conv", "Gemm")
+# At most this share of the quantizable layers may be kept in fp32 to meet the accuracy gate;
+# beyond it the "int8" model is mostly fp32 and the export is refused instead.
+MAX_FP32_SHARE = 0.5
+SPEED_MARGIN = 0.1
+
+
+@dataclass(frozen=True, kw_only=True)
+class Int8Config:
+    """``min_agreement``: the accuracy gate (top-1 agreement with fp32 on held-out images).
+    ``speed_batch_sizes``: batch sizes profiled for the per-class speed choice (empty: no speed
+    choice). ``accuracy_images``: calibration images the per-layer error is measured on."""
+
+    min_agreement: float = 0.99
+    method: CalibrationMethod = CalibrationMethod.MINMAX
+    speed_batch_sizes: tuple[int, ...] = (1, 8)
+    accuracy_images: int = 32
+    threads: int | None = None
+    max_fp32_share: float = MAX_FP32_SHARE
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.min_agreement <= 1:
+            raise ConfigError("the int8 agreement threshold must be between 0 and 1")
+        if not 0 <= self.max_fp32_share <= 1 or self.accuracy_images < 1:
+            raise ConfigError("max_fp32_share must be in [0, 1] and accuracy_images >= 1")
+
+
+@dataclass(frozen=True)
+class ClassSpeed:
+    """One convolution class, profiled in fp32 and in int8 (ms per call, summed over the batch
+    sizes profiled)."""
+
+    conv_class: str
+    nodes: int
+    fp32_ms: float
+    int8_ms: float
+
+    @property
+    def int8_slower(self) -> bool:
+        """Slower by more than :data:`SPEED_MARGIN`: closer than that is profiler noise, and
+        int8 wins the tie (smaller file)."""
+        return self.int8_ms > self.fp32_ms * (1 + SPEED_MARGIN)
+
+
+@dataclass(frozen=True)
+class Fp32Layer:
+    node: str
+    module: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Int8Result:
+    calibration_images: int
+    held_out_images: int
+    top1_agreement: float
+    fp32_bytes: int
+    int8_bytes: int
+    method: str = CalibrationMethod.MINMAX.value
+    fp32_layers: tuple[Fp32Layer, ...] = ()
+    class_speeds: tuple[ClassSpeed, ...] = ()
+    int8_convs: int = 0
+    fp32_convs: int = 0
+    attempts: tuple[tuple[int, float], ...] = ()
+    isa: dict[str, Any] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
+    fp32_ms: float | None = None
+    int8_ms: float | None = None
+
+    @property
+    def speedup(self) -> float | None:
+        return self.fp32_ms / self.int8_ms if self.fp32_ms and self.int8_ms else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self) | {"speedup": self.speedup}
+
+
+class ArrayReader:
+    """onnxruntime ``CalibrationDataReader`` over a float32 NCHW array, in small batches."""
+
+    def __init__(self, input_name: str, data: np.ndarray, batch: int = 8) -> None:
+        self.input_name = input_name
+        self._batches: Iterator[np.ndarray] = iter(
+            [data[i : i + batch] for i in range(0, len(data), batch)]
+        )
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        batch = next(self._batches, None)
+        return None if batch is None else {self.input_name: batch}
+
+
+# --- quantizing and keeping layers in fp32 ------------------------------------------------------
+
+
+def quantize(
+    prepared: Path, dst: Path, calibration: np.ndarray, method: CalibrationMethod, keep: list[str]
+) -> None:
+    """Static QDQ quantization of ``prepared`` with the nodes named in ``keep`` really in fp32."""
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod as OrtMethod
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    methods = {
+        CalibrationMethod.MINMAX: OrtMethod.MinMax,
+        CalibrationMethod.ENTROPY: OrtMethod.Entropy,
+        CalibrationMethod.PERCENTILE: OrtMethod.Percentile,
+    }
+    input_name = onnx.load(str(prepared), load_external_data=False).graph.input[0].name
+    quantize_static(
+        str(prepared),
+        str(dst),
+        ArrayReader(input_name, calibration),
+        quant_format=QuantFormat.QDQ,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        per_channel=True,
+        calibrate_method=methods[method],
+        nodes_to_exclude=list(keep),
+    )
+    model = onnx.load(str(dst))
+    keep_in_fp32(model, set(keep))
+    onnx.save_model(model, str(dst))
+
+
+def keep_in_fp32(model: Any, names: set[str]) -> list[str]:
+    """Turn each ``Conv`` in ``names`` that reads a DequantizeLinear into a
+    ``com.microsoft.FusedConv`` (with its ReLU folded in when a ReLU is its only consumer), so
+    that onnxruntime cannot quantize and fuse it back into a QLinearConv. Returns the nodes
+    changed."""
+    from onnx import helper
+
+    graph = model.graph
+    producer = {out: n for n in graph.node for out in n.output}
+    consumers: dict[str, list[Any]] = {}
+    for n in graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    changed, dropped = [], set()
+    for node in graph.node:
+        if node.name not in names or node.op_type != "Conv" or node.domain not in ("", "ai.onnx"):
+            continue
+        source = producer.get(node.input[0])
+        if source is None or source.op_type != "DequantizeLinear":
+            continue  # fp32 input: nothing can quantize this convolution
+        node.op_type, node.domain = "FusedConv", MS_DOMAIN
+        users = consumers.get(node.output[0], [])
+        if len(users) == 1 and users[0].op_type == "Relu":
+            node.attribute.append(helper.make_attribute("activation", "Relu"))
+            node.output[0] = users[0].output[0]
+            dropped.add(id(users[0]))
+        changed.append(node.name)
+    if dropped:
+        kept_nodes = [n for n in graph.node if id(n) not in dropped]
+        del graph.node[:]
+        graph.node.extend(kept_nodes)
+    if changed and not any(o.domain == MS_DOMAIN for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
+    return changed
+
+
+def running_convs(path: Path, threads: int | None = None) -> tuple[int, int]:
+    """(int8, fp32) convolutions in the graph onnxruntime's CPU provider really runs."""
+    from resnext_deploy.runtime.profiling import optimized_graph
+    from resnext_deploy.runtime.providers import SessionConfig
+
+    with tempfile.TemporaryDirectory(prefix="resnext-int8-") as tmp:
+        nodes = optimized_graph(path, SessionConfig(intra_op_threads=threads), Path(tmp))
+    ops = [op for op, _g, _k in nodes.values()]
+    int8 = sum(op in ("QLinearConv", "ConvInteger") for op in ops)
+    fp32 = sum(op in ("Conv", "FusedConv", "NhwcFusedConv") for op in ops)
+    return int8, fp32
+
+
+# --- choosing the fp32 layers -------------------------------------------------------------------
+
+
+def conv_classes(graph: Any) -> dict[str, str]:
+    """Node name -> convolution class (``group=32 3x3``) for every Conv of ``graph``."""
+    from onnx import helper
+
+    from resnext_deploy.runtime.profiling import conv_class
+
+    classes = {}
+    for node in graph.node:
+        if node.op_type != "Conv":
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        kernel = tuple(int(k) for k in attrs.get("kernel_shape", ()))
+        cls = conv_class("Conv", int(attrs.get("group", 1)), kernel)
+        if cls is not None:
+            classes[node.name] = cls
+    return classes
+
+
+def measure_class_speeds(
+    fp32: Path, int8: Path, input_size: int, batch_sizes: tuple[int, ...], threads: int | None
+) -> tuple[ClassSpeed, ...]:
+    """Profile both graphs and set their convolution classes side by side."""
+    from resnext_deploy.runtime.profiling import profile_model
+    from resnext_deploy.runtime.providers import SessionConfig
+
+    config = SessionConfig(intra_op_threads=threads)
+    rng = np.random.default_rng(0)
+    a: dict[str, float] = {}
+    b: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    for size in batch_sizes:
+        batch = rng.standard_normal((size, 3, input_size, input_size), dtype=np.float32)
+        pa = profile_model(fp32, batch, config, runs=10, warmup=3)
+        pb = profile_model(int8, batch, config, runs=10, warmup=3)
+        for cls, ms in pa.conv_ms().items():
+            a[cls] = a.get(cls, 0.0) + ms
+        for cls, ms in pb.conv_ms().items():
+            b[cls] = b.get(cls, 0.0) + ms
+        for node in pa.nodes:
+            if node.conv_class is not None and size == batch_sizes[0]:
+                counts[node.conv_class] = counts.get(node.conv_class, 0) + 1
+    return tuple(ClassSpeed(c, counts.get(c, 0), a[c], b[c]) for c in sorted(a) if c in b)
+
+
+def rank_layers(
+    fp32: Path, int8: Path, images: np.ndarray, candidates: list[str]
+) -> list[tuple[str, str, float]]:
+    """Quantized layers (node names in ``candidates``) as (node, module, added relative error),
+    most harmful first."""
+    import onnx
+
+    from resnext_deploy.localize import compare_activations, find_boundaries, onnx_activations
+    from resnext_deploy.artifact import Variant
+
+    boundaries = find_boundaries(onnx.load(str(fp32)))
+    ref, missing_ref = onnx_activations(fp32, boundaries, images)
+    out, missing = onnx_activations(int8, boundaries, images)
+    loc = compare_activations(
+        "int8", "fp32", boundaries, ref, out, Variant.INT8.tolerance, missing_ref | missing
+    )
+    errors = {layer.name: layer.added for layer in loc.layers}
+    ranked = [
+        (b.node, b.name, errors[b.name])
+        for b in boundaries
+        if b.node in candidates and b.name in errors
+    ]
+    return sorted(ranked, key=lambda item: -item[2])
+
+
+def fewest_fp32_layers(
+    ranked: list[str], passes: Callable[[list[str]], tuple[bool, float]], limit: int
+) -> tuple[int, list[tuple[int, float]]]:
+    """Smallest ``k <= limit`` with ``passes(ranked[:k])``: doubling, then bisection (agreement
+    grows, mostly, with the layers kept). Returns (k, the (k, agreement) pairs tried); k is -1
+    when even ``limit`` layers do not pass."""
+    tried: list[tuple[int, float]] = []
+
+    def check(k: int) -> bool:
+        ok, agreement = passes(ranked[:k])
+        tried.append((k, agreement))
+        return ok
+
+    low, k = 0, 1
+    while k < limit and not check(k):
+        low, k = k, k * 2
+    if k >= limit:
+        k = limit
+        if not check(k):
+            return -1, tried
+    high = k
+    while high - low > 1:
+        mid = (low + high) // 2
+        if check(mid):
+            high = mid
+        else:
+            low = mid
+    return high, tried
+
+
+# --- the export step ----------------------------------------------------------------------------
+
+
+def export_int8(
+    src: Path,
+    dst: Path,
+    calibration: np.ndarray,
+    held_out: np.ndarray,
+    config: Int8Config | None = None,
+) -> Int8Result:
+    """Quantize ``src`` (the fp32 export) to ``dst``, choosing the fp32 layers by measured speed
+    and accuracy (see the module docstring). Raises :class:`ExportError` when top-1 agreement
+    stays below ``config.min_agreement`` with as many fp32 layers as allowed, or when onnxruntime
+    would not run the kept layers in fp32."""
+    import onnx
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    config = config or Int8Config()
+    if len(calibration) == 0 or len(held_out) == 0:
+        raise ConfigError("int8 needs calibration images and held-out images to check accuracy")
+    isa = cpu_isa()
+    input_size = int(calibration.shape[-1])
+    with tempfile.TemporaryDirectory(prefix="resnext-int8-") as tmp:
+        work = Path(tmp)
+        prepared = work / "prepared.onnx"
+        quant_pre_process(str(src), str(prepared), skip_symbolic_shape=True)
+        graph = onnx.load(str(prepared), load_external_data=False).graph
+        layers = [n.name for n in graph.node if n.op_type in QUANTIZABLE]
+        modules = _module_names(graph)
+        # The classifier produces the logits: quantized, they are clipped to the calibrated
+        # range (images unlike the calibration set lose their ranking), for ~0.1% of the MACs.
+        outputs = {o.name for o in graph.output}
+        keep: dict[str, Fp32Layer] = {
+            n.name: Fp32Layer(n.name, modules.get(n.name, n.name), "output layer: logits stay fp32")
+            for n in graph.node
+            if n.name in layers and set(n.output) & outputs
+        }
+
+        speeds: tuple[ClassSpeed, ...] = ()
+        if config.speed_batch_sizes:
+            everything = work / "all.onnx"
+            quantize(prepared, everything, calibration, config.method, [])
+            speeds = measure_class_speeds(
+                src, everything, input_size, config.speed_batch_sizes, config.threads
+            )
+            slow = {s.conv_class: s for s in speeds if s.int8_slower}
+            for node, cls in conv_classes(graph).items():
+                if cls in slow:
+                    s = slow[cls]
+                    keep[node] = Fp32Layer(
+                        node, modules.get(node, node),
+                        f"speed: {cls} convolutions take {s.int8_ms:.2f} ms in int8 and "
+                        f"{s.fp32_ms:.2f} ms in fp32 here",
+                    )
+
+        candidate = work / "int8.onnx"
+
+        def attempt(extra: list[str]) -> tuple[bool, float]:
+            quantize(prepared, candidate, calibration, config.method, [*keep, *extra])
+            agreement = top1_agreement(src, candidate, held_out, config.threads)
+            return agreement >= config.min_agreement, agreement
+
+        passed, agreement = attempt([])
+        attempts = [(len(keep), agreement)]
+        if not passed:
+            ranked = rank_layers(
+                src, candidate, calibration[: config.accuracy_images],
+                [n for n in layers if n not in keep],
+            )
+            limit = int(config.max_fp32_share * len(layers)) - len(keep)
+            k, tried = fewest_fp32_layers([r[0] for r in ranked], attempt, max(limit, 0))
+            attempts += [(len(keep) + n, a) for n, a in tried]
+            if k < 0:
+                best = max(a for _, a in attempts)
+                raise ExportError(
+                    f"int8 top-1 agreement with fp32 is at most {best:.2%} on {len(held_out)} "
+                    f"held-out images, below the required {config.min_agreement:.2%}, even with "
+                    f"{len(keep) + max(limit, 0)} of {len(layers)} layers kept in fp32; "
+                    "calibrate on more representative images, try another calibration method, "
+                    "or keep fp32"
+                )
+            for node, module, err in ranked[:k]:
+                keep[node] = Fp32Layer(node, module, f"accuracy: adds {err:.2g} relative error")
+            passed, agreement = attempt([])  # the final model, with exactly the chosen layers
+        model = onnx.load(str(candidate))
+        copy_metadata(
+            onnx.load(str(src), load_external_data=False),
+            model,
+            {
+                "precision": "int8",
+                "calibration_images": str(len(calibration)),
+                "calibration_method": config.method.value,
+                "fp32_nodes": ",".join(keep),
+                "fp32_layers": json.dumps([asdict(layer) for layer in keep.values()]),
+                "cpu_isa": json.dumps(isa.to_dict()),
+            },
+        )
+        save_checked(model, candidate)
+        int8_convs, fp32_convs = running_convs(candidate, config.threads)
+        kept_convs = sum(1 for n in keep if n in conv_classes(graph))
+        if fp32_convs < kept_convs:
+            raise ExportError(
+                f"onnxruntime runs {fp32_convs} convolutions in fp32, not the {kept_convs} "
+                "chosen: it fused kept layers back into int8 kernels"
+            )
+        fp32_ms, int8_ms = batch1_ms(src, candidate, held_out[:1], config.threads)
+        candidate.replace(dst)
+    return Int8Result(
+        calibration_images=len(calibration),
+        held_out_images=len(held_out),
+        top1_agreement=agreement,
+        fp32_bytes=src.stat().st_size,
+        int8_bytes=dst.stat().st_size,
+        method=config.method.value,
+        fp32_layers=tuple(keep.values()),
+        class_speeds=speeds,
+        int8_convs=int8_convs,
+        fp32_convs=fp32_convs,
+        attempts=tuple(attempts),
+        isa=isa.to_dict(),
+        warnings=int8_warnings(isa, fp32_ms, int8_ms),
+        fp32_ms=fp32_ms,
+        int8_ms=int8_ms,
+    )
+
+
+def int8_warnings(isa: CpuIsa, fp32_ms: float, int8_ms: float) -> tuple[str, ...]:
+    notes = []
+    if not isa.int8_accelerated:
+        notes.append(
+            f"this CPU ({isa.summary}) has no VNNI or AMX: int8 multiply-accumulates take three "
+            "AVX2 instructions, so int8 gains little over fp32 here (grouped convolutions lose)"
+        )
+    if int8_ms >= fp32_ms:
+        notes.append(
+            f"int8 is not faster than fp32 on this machine ({int8_ms:.1f} ms vs {fp32_ms:.1f} ms "
+            "at batch 1): deploy fp32 here, or int8 on a CPU with VNNI"
+        )
+    return tuple(notes)
+
+
+def _module_names(graph: Any) -> dict[str, str]:
+    """Node name -> module path, from the folded weights' names (``layer2.0.conv2.weight``)."""
+    names = {}
+    for node in graph.node:
+        if node.op_type in QUANTIZABLE and len(node.input) > 1 and node.input[1].endswith(".weight"):
+            names[node.name] = node.input[1][: -len(".weight")]
+    return names
+
+
+def top1_agreement(fp32: Path, int8: Path, images: np.ndarray, threads: int | None) -> float:
+    """Share of ``images`` on which both models pick the same class."""
+    from resnext_deploy.runtime.ort import OrtRunner
+    from resnext_deploy.runtime.providers import SessionConfig
+
+    config = SessionConfig(intra_op_threads=threads)
+    with OrtRunner(fp32, config) as a, OrtRunner(int8, config) as b:
+        pa = np.concatenate([a.infer(images[i : i + 32]) for i in range(0, len(images), 32)])
+        pb = np.concatenate([b.infer(images[i : i + 32]) for i in range(0, len(images), 32)])
+    return float((pa.argmax(1) == pb.argmax(1)).mean())
+
+
+def batch1_ms(fp32: Path, int8: Path, one: np.ndarray, threads: int | None) -> tuple[float, float]:
+    """Median batch-1 latency of both models, two interleaved rounds (a sanity figure for the
+    export log; the committed benchmarks are in ``benchmarks/``)."""
+    from resnext_deploy.runtime.ort import OrtRunner
+    from resnext_deploy.runtime.providers import SessionConfig
+    from resnext_deploy.timing import Timing, measure
+
+    config = SessionConfig(intra_op_threads=threads)
+    timing = Timing(warmup=3, min_iters=10, min_time_s=0.5, max_time_s=5.0)
+    t_a, t_b = [], []
+    with OrtRunner(fp32, config) as a, OrtRunner(int8, config) as b:
+        for _ in range(2):
+            t_a.append(measure(a.bind(one).run, a.sync, timing, 1)[1].p50_ms)
+            t_b.append(measure(b.bind(one).run, b.sync, timing, 1)[1].p50_ms)
+    return float(np.median(t_a)), float(np.median(t_b))

@@ -1,0 +1,180 @@
+"""int8 that pays: kept layers really run in fp32, the layer choice is recorded, the accuracy
+search keeps as few layers as reach the gate."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from resnext_deploy.artifact import ONNX_FILE, open_artifact
+from resnext_deploy.export.calibration import (
+    CalibrationConfig,
+    CalibrationMethod,
+    calibration_sets,
+)
+from resnext_deploy.export.quantize import (
+    Int8Config,
+    conv_classes,
+    export_int8,
+    fewest_fp32_layers,
+    int8_warnings,
+    quantize,
+)
+from resnext_deploy.runtime.cpu import CpuIsa, parse_cpuinfo
+
+
+@pytest.fixture(scope="module")
+def digits(digits_run):  # noqa: ANN001, ANN201
+    """The digits model's fp32 export and its (calibration, held-out) images."""
+    _, exported = digits_run
+    fp32 = exported.out_dir / ONNX_FILE
+    calibration, held_out = calibration_sets(
+        CalibrationConfig(source="digits"), open_artifact(exported.out_dir).spec
+    )
+    return fp32, calibration, held_out
+
+
+def optimized_ops(path: Path, tmp: Path) -> list[tuple[str, int]]:
+    """(op type, group) of every convolution onnxruntime's CPU provider really runs, read from
+    the graph it writes with ``optimized_model_filepath`` (plain onnxruntime, not our code)."""
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp / "optimized.onnx")
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    ops = []
+    for node in onnx.load(str(tmp / "optimized.onnx")).graph.node:
+        if "Conv" in node.op_type:
+            group = next((a.i for a in node.attribute if a.name == "group"), 1)
+            ops.append((node.op_type, group))
+    return ops
+
+
+def prepared(fp32: Path, tmp: Path) -> Path:
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    out = tmp / "prepared.onnx"
+    quant_pre_process(str(fp32), str(out), skip_symbolic_shape=True)
+    return out
+
+
+def test_grouped_convolutions_kept_in_fp32_really_run_in_fp32(digits, tmp_path: Path) -> None:  # noqa: ANN001
+    fp32, calibration, _ = digits
+    prep = prepared(fp32, tmp_path)
+    grouped = [n for n, cls in conv_classes(onnx.load(str(prep)).graph).items() if "group=8" in cls]
+    assert len(grouped) == 3
+    quantize(prep, tmp_path / "kept.onnx", calibration[:32], CalibrationMethod.MINMAX, grouped)
+    ops = optimized_ops(tmp_path / "kept.onnx", tmp_path)
+    assert not [op for op in ops if op[0] == "QLinearConv" and op[1] == 8]
+    assert sum(1 for op in ops if op[0] != "QLinearConv" and op[1] == 8) == 3
+    assert sum(1 for op in ops if op[0] == "QLinearConv") == 10  # every other convolution
+
+    # The control: nodes_to_exclude alone leaves the grouped convolutions to onnxruntime, which
+    # quantizes and fuses them at session time anyway.
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    from resnext_deploy.export.quantize import ArrayReader
+
+    quantize_static(
+        str(prep), str(tmp_path / "excluded.onnx"), ArrayReader("input", calibration[:32]),
+        quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8, per_channel=True, nodes_to_exclude=grouped,
+    )
+    assert ("QLinearConv", 8) in optimized_ops(tmp_path / "excluded.onnx", tmp_path)
+
+
+def test_int8_records_its_fp32_layers_reasons_method_and_cpu(digits, tmp_path: Path) -> None:  # noqa: ANN001
+    fp32, calibration, held_out = digits
+    dst = tmp_path / "int8.onnx"
+    result = export_int8(
+        fp32, dst, calibration, held_out,
+        Int8Config(min_agreement=0.0, method=CalibrationMethod.PERCENTILE, speed_batch_sizes=(1,)),
+    )
+    props = {p.key: p.value for p in onnx.load(str(dst)).metadata_props}
+    assert props["calibration_method"] == "percentile" and result.method == "percentile"
+    layers = json.loads(props["fp32_layers"])
+    assert [layer["node"] for layer in layers] == props["fp32_nodes"].split(",")
+    assert {"node", "module", "reason"} <= set(layers[0])
+    assert any(layer["module"] == "fc" for layer in layers)  # the logits stay fp32
+    isa = json.loads(props["cpu_isa"])
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    assert isa["avx2"] == (" avx2 " in f" {flags} ".replace("\n", " "))
+    # What the export says runs in fp32 is what onnxruntime runs in fp32.
+    ops = optimized_ops(dst, tmp_path)
+    assert result.fp32_convs == sum(op[0] != "QLinearConv" for op in ops)
+    assert result.int8_convs == sum(op[0] == "QLinearConv" for op in ops)
+    for layer in layers:
+        if layer["reason"].startswith("speed"):
+            speed = next(s for s in result.class_speeds if s.conv_class in layer["reason"])
+            assert speed.int8_ms > speed.fp32_ms
+
+
+def test_the_accuracy_search_keeps_as_few_layers_as_reach_the_gate(digits, tmp_path: Path) -> None:  # noqa: ANN001
+    fp32, calibration, held_out = digits
+    dst = tmp_path / "int8.onnx"
+    plain = export_int8(fp32, dst, calibration, held_out, Int8Config(min_agreement=0.0, speed_batch_sizes=()))
+    assert plain.top1_agreement < 1.0
+    # A gate one more agreeing image above what int8 reaches without an accuracy choice.
+    gate = plain.top1_agreement + 0.5 / len(held_out)
+    config = Int8Config(min_agreement=gate, speed_batch_sizes=())
+    result = export_int8(fp32, dst, calibration, held_out, config)
+    chosen = [layer for layer in result.fp32_layers if layer.reason.startswith("accuracy")]
+    assert chosen, "a gate above the plain int8 agreement needs at least one fp32 layer"
+    # Recomputed with plain onnxruntime: the written file meets the gate ...
+    assert _agreement(fp32, dst, held_out) == pytest.approx(result.top1_agreement)
+    assert result.top1_agreement >= gate
+    # ... and without the last layer the search chose, it does not.
+    fewer = [layer.node for layer in result.fp32_layers if layer is not chosen[-1]]
+    quantize(prepared(fp32, tmp_path), tmp_path / "fewer.onnx", calibration, config.method, fewer)
+    assert _agreement(fp32, tmp_path / "fewer.onnx", held_out) < gate
+
+
+def _agreement(a: Path, b: Path, images: np.ndarray) -> float:
+    sa = ort.InferenceSession(str(a), providers=["CPUExecutionProvider"])
+    sb = ort.InferenceSession(str(b), providers=["CPUExecutionProvider"])
+    ya = sa.run(None, {"input": images})[0]
+    yb = sb.run(None, {"input": images})[0]
+    return float((ya.argmax(1) == yb.argmax(1)).mean())
+
+
+def test_calibration_methods_give_different_activation_ranges(digits, tmp_path: Path) -> None:  # noqa: ANN001
+    fp32, calibration, _ = digits
+    prep = prepared(fp32, tmp_path)
+    scales = {}
+    for method in CalibrationMethod:
+        quantize(prep, tmp_path / f"{method}.onnx", calibration[:64], method, [])
+        model = onnx.load(str(tmp_path / f"{method}.onnx"))
+        inits = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
+        scales[method] = np.array(
+            [float(inits[n.input[1]]) for n in model.graph.node if n.op_type == "QuantizeLinear"]
+        )
+    assert not np.allclose(scales[CalibrationMethod.MINMAX], scales[CalibrationMethod.ENTROPY])
+    assert not np.allclose(scales[CalibrationMethod.MINMAX], scales[CalibrationMethod.PERCENTILE])
+    # Percentile ignores the tails: its ranges are never wider than min/max's.
+    assert (scales[CalibrationMethod.PERCENTILE] <= scales[CalibrationMethod.MINMAX] * 1.0001).all()
+
+
+def test_fewest_layers_search_finds_the_smallest_passing_count() -> None:
+    calls = []
+
+    def passes(layers: list[str]) -> tuple[bool, float]:
+        calls.append(len(layers))
+        return len(layers) >= 5, len(layers) / 10
+
+    k, tried = fewest_fp32_layers([f"n{i}" for i in range(20)], passes, limit=10)
+    assert k == 5 and tried[-1][0] in (5, 6, 7, 8) and len(calls) <= 6
+    assert fewest_fp32_layers(["a", "b"], lambda layers: (False, 0.0), limit=2)[0] == -1
+    assert fewest_fp32_layers(["a"], lambda layers: (True, 1.0), limit=1)[0] == 1
+
+
+def test_cpu_isa_from_cpuinfo_and_the_int8_warning() -> None:
+    zen3 = parse_cpuinfo("model name\t: AMD EPYC 7B13\nflags\t\t: fpu sse avx avx2 fma\n")
+    assert zen3.avx2 and not zen3.avx512 and not zen3.int8_accelerated
+    sapphire = parse_cpuinfo("model name : Xeon\nflags : avx2 avx512f avx512_vnni amx_int8\n")
+    assert sapphire.avx512 and sapphire.vnni and sapphire.amx and sapphire.summary == "AVX2+AVX-512+VNNI+AMX"
+    assert any("no VNNI" in w for w in int8_warnings(zen3, fp32_ms=10.0, int8_ms=8.0))
+    assert any("not faster" in w for w in int8_warnings(sapphire, fp32_ms=10.0, int8_ms=12.0))
+    assert int8_warnings(CpuIsa(model="x", avx2=True, vnni=True), 10.0, 5.0) == ()

@@ -1,0 +1,94 @@
+"""Device-memory figures say what they cover: this process when NVML lists it, the whole device
+otherwise; CUDA device numbers are mapped through CUDA_VISIBLE_DEVICES."""
+
+from __future__ import annotations
+
+import sys
+import types
+from dataclasses import dataclass
+
+import pytest
+
+from resnext_deploy.runtime import device_memory
+from resnext_deploy.runtime.device_memory import (
+    MemoryScope,
+    physical_index,
+    process_device_memory,
+)
+
+MIB = 2**20
+
+
+@dataclass
+class Proc:
+    pid: int
+    usedGpuMemory: int | None  # noqa: N815 - pynvml's field name
+
+
+def fake_pynvml(processes: list[Proc], used: int, seen: list[object]) -> types.ModuleType:
+    module = types.ModuleType("pynvml")
+    module.nvmlInit = lambda: None  # type: ignore[attr-defined]
+    module.nvmlShutdown = lambda: None  # type: ignore[attr-defined]
+    module.nvmlDeviceGetHandleByIndex = lambda i: seen.append(i) or "handle"  # type: ignore[attr-defined]
+    module.nvmlDeviceGetHandleByUUID = lambda u: seen.append(u) or "handle"  # type: ignore[attr-defined]
+    module.nvmlDeviceGetMemoryInfo = lambda h: types.SimpleNamespace(used=used)  # type: ignore[attr-defined]
+    module.nvmlDeviceGetComputeRunningProcesses = lambda h: processes  # type: ignore[attr-defined]
+    return module
+
+
+@pytest.fixture
+def no_smi(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(device_memory, "_smi_usage", lambda index: None)
+
+
+def test_this_process_is_measured_when_nvml_lists_it(
+    monkeypatch: pytest.MonkeyPatch, no_smi: None
+) -> None:
+    seen: list[object] = []
+    procs = [Proc(111, 900 * MIB), Proc(222, 300 * MIB)]
+    monkeypatch.setitem(sys.modules, "pynvml", fake_pynvml(procs, 5000 * MIB, seen))
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    memory = process_device_memory(0, pid=222)
+    assert memory is not None
+    assert (memory.mb, memory.scope, memory.source) == (300.0, MemoryScope.PROCESS, "nvml")
+    assert seen == [0]
+
+
+def test_a_process_nvml_cannot_see_gets_the_device_figure_labelled_so(
+    monkeypatch: pytest.MonkeyPatch, no_smi: None
+) -> None:
+    procs = [Proc(111, 900 * MIB), Proc(333, None)]  # e.g. a container's own PID namespace
+    monkeypatch.setitem(sys.modules, "pynvml", fake_pynvml(procs, 5000 * MIB, []))
+    memory = process_device_memory(0, pid=333)
+    assert memory is not None
+    assert (memory.mb, memory.scope) == (5000.0, MemoryScope.DEVICE)
+
+
+def test_no_nvml_and_no_nvidia_smi_means_no_figure(
+    monkeypatch: pytest.MonkeyPatch, no_smi: None
+) -> None:
+    monkeypatch.setitem(sys.modules, "pynvml", None)  # import fails
+    assert process_device_memory(0) is None
+
+
+def test_cuda_device_numbers_follow_cuda_visible_devices(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
+    assert physical_index(1) == 3
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-1234abcd")
+    assert physical_index(0) == "GPU-1234abcd"
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert physical_index(1) == 1
+
+
+def test_nvidia_smi_is_the_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "pynvml", None)
+    answers = {
+        "--query-gpu=memory.used": ["7000"],
+        "--query-compute-apps=pid,used_memory": ["111, 900", "444, [N/A]"],
+    }
+    monkeypatch.setattr(device_memory, "_smi", lambda *args: answers[args[1]])
+    memory = process_device_memory(0, pid=111)
+    assert memory is not None
+    assert (memory.mb, memory.scope, memory.source) == (900.0, MemoryScope.PROCESS, "nvidia-smi")
+    other = process_device_memory(0, pid=444)
+    assert other is not None and (other.mb, other.scope) == (7000.0, MemoryScope.DEVICE)
