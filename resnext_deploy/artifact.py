@@ -224,9 +224,16 @@ class Manifest:
             raise ArtifactError(f"{path}: 'versions' must be an object")
         try:
             parsed_spec = ModelSpec.from_dict(spec)
-        except ConfigError as exc:
+            if parsed_spec.arch_config:
+                parsed_spec.architecture()  # a malformed architecture fails here, not mid-verify
+        except (ConfigError, ArtifactError) as exc:
             raise ArtifactError(f"{path}: invalid spec ({exc})") from None
         fmt = data.get("format", FORMAT_VERSION)
+        if not isinstance(fmt, int) or isinstance(fmt, bool) or not 1 <= fmt <= FORMAT_VERSION:
+            raise ArtifactError(
+                f"{path}: export format {fmt!r} is not one this resnext-deploy reads "
+                f"(1..{FORMAT_VERSION}); export again, or upgrade resnext-deploy"
+            )
         return cls(parsed_spec, {str(k): str(v) for k, v in versions.items()}, entries, fmt)
 
     def check(self, directory: Path, *, hashes: bool = True) -> list[str]:

@@ -1,7 +1,9 @@
 """The ``resnext-deploy`` command line: options -> config object -> library call -> rendering.
 
-User errors (:class:`DeployError`) end in one line on stderr and exit status 1. Heavy imports
-happen inside commands so that ``predict`` never imports torch.
+User errors (:class:`DeployError`) and usage errors (a bad option or argument) end in one
+``error:`` line on stderr and exit status 1; Ctrl-C and SIGTERM end a command alike (status 130 or
+143), with its cleanup run. Heavy imports happen inside commands so that ``predict`` never
+imports torch.
 """
 
 from __future__ import annotations
@@ -785,6 +787,9 @@ def serve(
     metrics_port: Annotated[
         int | None, typer.Option(help="Prometheus metrics port of a local Ray \\[default: any].")
     ] = None,
+    access_log: Annotated[
+        bool, typer.Option(help="Log every request (Ray Serve access log, proxy and replica).")
+    ] = True,
     write_config: Annotated[
         Path | None,
         typer.Option(help="Write a Serve config file (serve deploy / KubeRay) and exit."),
@@ -812,6 +817,7 @@ def serve(
         gpus_per_replica=gpus_per_replica,
         max_body_bytes=int(max_body_mb * (1 << 20)),
         metrics_port=metrics_port,
+        access_log=access_log,
     )
     if write_config is not None:
         out.print(f"[green]wrote[/] {write_serve_config(config, write_config)}", highlight=False)

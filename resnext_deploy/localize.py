@@ -120,7 +120,9 @@ class Localization:
             "first_exceeding": first.name if first else None,
             "first_nonfinite": self.first_nonfinite.name if self.first_nonfinite else None,
             "first_fp16_overflow": self.first_overflow.name if self.first_overflow else None,
-            "layers": [asdict(layer) | {"overflows_fp16": layer.overflows_fp16} for layer in self.layers],
+            "layers": [
+                asdict(layer) | {"overflows_fp16": layer.overflows_fp16} for layer in self.layers
+            ],
             "missing": self.missing,
         }
 
@@ -321,7 +323,10 @@ def resolve_values(proto: Any, boundaries: list[Boundary]) -> tuple[dict[str, st
             continue
         for q in consumers.get(value, []):
             if q.op_type == "QuantizeLinear":
-                dq = next((d for d in consumers.get(q.output[0], []) if d.op_type == "DequantizeLinear"), None)
+                dq = next(
+                    (d for d in consumers.get(q.output[0], []) if d.op_type == "DequantizeLinear"),
+                    None,
+                )
                 if dq is not None:
                     value = dq.output[0]
                     break
@@ -365,8 +370,19 @@ def _layer_error(
     nonfinite = not np.isfinite(out).all()
     if nonfinite:
         rel_l2[b.name] = float("inf")
-        return LayerError(b.name, b.op, b.value, float("inf"), float("inf"), 0.0,
-                          float("inf"), float("inf"), ref_max, True, True)
+        return LayerError(
+            b.name,
+            b.op,
+            b.value,
+            float("inf"),
+            float("inf"),
+            0.0,
+            float("inf"),
+            float("inf"),
+            ref_max,
+            True,
+            True,
+        )
     diff = np.abs(out - ref)
     max_abs = float(diff.max()) if diff.size else 0.0
     max_rel = max_abs / max(ref_max, 1e-12)
@@ -374,13 +390,14 @@ def _layer_error(
     norms = np.linalg.norm(rows_ref, axis=1) * np.linalg.norm(rows_out, axis=1)
     cos = (rows_ref * rows_out).sum(1) / np.maximum(norms, 1e-30)
     cosine = float(np.where(norms > 0, cos, 1.0).min())
-    err = float(np.linalg.norm(out - ref) / max(np.linalg.norm(ref), 1e-30))
+    err = float(np.linalg.norm(out - ref)) / max(float(np.linalg.norm(ref)), 1e-30)
     rel_l2[b.name] = err
     feeding = [rel_l2[u] for u in b.upstream if u in rel_l2]
     added = err - max(feeding, default=0.0)
     exceeds = (tol.checks_error and max_rel > tol.max_rel) or cosine < tol.min_cosine
-    return LayerError(b.name, b.op, b.value, max_abs, max_rel, cosine, err, added, ref_max,
-                      False, exceeds)
+    return LayerError(
+        b.name, b.op, b.value, max_abs, max_rel, cosine, err, added, ref_max, False, exceeds
+    )
 
 
 # --- entry points -------------------------------------------------------------------------------
@@ -406,7 +423,12 @@ def localize_model(
         )
         results.append(
             compare_activations(
-                backend, "eager", boundaries, reference, values, variant.tolerance,
+                backend,
+                "eager",
+                boundaries,
+                reference,
+                values,
+                variant.tolerance,
                 ref_missing | missing,
             )
         )

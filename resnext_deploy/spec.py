@@ -71,13 +71,23 @@ class ArchConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ArchConfig:
+        """Rebuild from :meth:`to_dict`; raises :class:`ArtifactError` naming a field of the
+        wrong type (the dict comes from files a user may have edited)."""
+        if not isinstance(data, dict):
+            raise ArtifactError("architecture config must be an object")
         known = {f.name for f in fields(cls)}
         kwargs = {k: v for k, v in data.items() if k in known}
-        kwargs["layers"] = tuple(kwargs.get("layers", ()))
+        layers = kwargs.get("layers", ())
+        if not isinstance(layers, list | tuple) or not all(_is_int(n) for n in layers):
+            raise ArtifactError("architecture config: 'layers' must be a list of integers")
+        kwargs["layers"] = tuple(layers)
+        for name in ("cardinality", "base_width", "base_planes", "input_size"):
+            if name in kwargs and not _is_int(kwargs[name]):
+                raise ArtifactError(f"architecture config: {name!r} must be an integer")
         try:
             return cls(**kwargs)
-        except TypeError as exc:
-            raise ArtifactError(f"architecture config is incomplete: {exc}") from None
+        except (TypeError, ValueError) as exc:
+            raise ArtifactError(f"architecture config is invalid: {exc}") from None
 
     @property
     def depth(self) -> int:
@@ -149,15 +159,40 @@ class ModelSpec:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelSpec:
+        """Rebuild from :meth:`to_dict`; raises :class:`ArtifactError` naming a missing field or
+        one of the wrong type (specs are read from files a user may have edited)."""
+        if not isinstance(data, dict):
+            raise ArtifactError("model spec must be an object")
         known = {f.name for f in fields(cls)}
+        kwargs = {k: v for k, v in data.items() if k in known}
+        missing = [n for n in ("arch", "num_classes", "input_size", "resize") if n not in kwargs]
+        if missing:
+            raise ArtifactError(f"model spec is incomplete: no {', '.join(missing)}")
+        expected: dict[str, tuple[str, Any]] = {
+            "arch": ("a string", lambda v: isinstance(v, str)),
+            "num_classes": ("an integer", _is_int),
+            "input_size": ("an integer", _is_int),
+            "resize": ("an integer", _is_int),
+            "mean": ("three numbers", _is_three_numbers),
+            "std": ("three numbers", _is_three_numbers),
+            "class_names": (
+                "a list of strings",
+                lambda v: isinstance(v, list | tuple) and all(isinstance(x, str) for x in v),
+            ),
+            "arch_config": ("an object", lambda v: isinstance(v, dict)),
+            "layout": ("a string", lambda v: isinstance(v, str)),
+            "source_sha256": ("a string", lambda v: isinstance(v, str)),
+        }
+        for name, (what, ok) in expected.items():
+            if name in kwargs and not ok(kwargs[name]):
+                raise ArtifactError(f"model spec: {name!r} must be {what}")
+        for key in ("mean", "std", "class_names"):
+            if key in kwargs:
+                kwargs[key] = tuple(kwargs[key])
         try:
-            kwargs = {k: v for k, v in data.items() if k in known}
-            for key in ("mean", "std", "class_names"):
-                if key in kwargs:
-                    kwargs[key] = tuple(kwargs[key])
             return cls(**kwargs)
-        except TypeError as exc:
-            raise ArtifactError(f"model spec is incomplete: {exc}") from None
+        except ConfigError as exc:
+            raise ArtifactError(f"model spec is invalid: {exc}") from None
 
     @classmethod
     def from_json(cls, text: str) -> ModelSpec:
@@ -168,3 +203,16 @@ class ModelSpec:
         if not isinstance(data, dict):
             raise ArtifactError("model spec must be a JSON object")
         return cls.from_dict(data)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_three_numbers(value: Any) -> bool:
+    return (
+        isinstance(value, list | tuple)
+        and len(value) == 3
+        and all(isinstance(x, int | float) and not isinstance(x, bool) for x in value)
+        and all(math.isfinite(x) for x in value)
+    )

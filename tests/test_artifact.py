@@ -145,3 +145,27 @@ def test_an_unreadable_manifest_is_an_artifact_error(
     with pytest.raises(ArtifactError, match=fragment):
         open_artifact(copy)
     _assert_clean_failure(_verify_cli(copy), fragment)
+
+
+SPEC_OF_THE_WRONG_SHAPE: dict[str, tuple[Callable[[dict[str, Any]], Any], str]] = {
+    "arch_config a list": (lambda m: m["spec"].__setitem__("arch_config", [1]), "arch_config"),
+    "layers a string": (
+        lambda m: m["spec"]["arch_config"].__setitem__("layers", "abc"),
+        "layers",
+    ),
+    "mean of strings": (lambda m: m["spec"].__setitem__("mean", ["a", 1, 2]), "mean"),
+    "num_classes a string": (lambda m: m["spec"].__setitem__("num_classes", "7"), "num_classes"),
+    "format from the future": (lambda m: m.__setitem__("format", 99), "format 99"),
+}
+
+
+@pytest.mark.parametrize("case", list(SPEC_OF_THE_WRONG_SHAPE))
+def test_a_spec_of_the_wrong_shape_is_refused_when_the_export_is_opened(
+    tiny_export: Path, tmp_path: Path, case: str
+) -> None:
+    edit, fragment = SPEC_OF_THE_WRONG_SHAPE[case]
+    directory = _copy(tiny_export, tmp_path)
+    _edit_manifest(directory, edit)
+    with pytest.raises(ArtifactError, match=fragment):
+        open_artifact(directory)
+    _assert_clean_failure(_verify_cli(directory), fragment)

@@ -37,7 +37,9 @@ def plant(
     init.CopyFrom(numpy_helper.from_array(scaled, init.name))
     onnx.save(model, str(path))
     manifest = Manifest.read(directory)
-    Manifest.build(directory, manifest.spec, manifest.versions, list(manifest.files)).write(directory)
+    Manifest.build(directory, manifest.spec, manifest.versions, list(manifest.files)).write(
+        directory
+    )
 
 
 def verify_json(directory: Path, *extra: str) -> tuple[int, dict]:
@@ -77,7 +79,9 @@ def test_a_clean_export_compares_every_convolution_within_tolerance(tiny_export:
     assert code == 0
     (fp32,) = data["localization"]["results"]
     assert fp32["first_exceeding"] is None and not fp32["missing"]
-    onnx_convs = sum(n.op_type == "Conv" for n in onnx.load(str(tiny_export / "model.onnx")).graph.node)
+    onnx_convs = sum(
+        n.op_type == "Conv" for n in onnx.load(str(tiny_export / "model.onnx")).graph.node
+    )
     assert sum(row["op"].startswith("Conv") for row in fp32["layers"]) == onnx_convs
     assert max(row["max_rel"] for row in fp32["layers"]) < 1e-5
 
@@ -85,8 +89,8 @@ def test_a_clean_export_compares_every_convolution_within_tolerance(tiny_export:
 def test_fp16_localization_names_where_the_range_is_first_exceeded(
     tiny_checkpoint: Path, tmp_path: Path
 ) -> None:
-    from resnext_deploy.export.pipeline import ExportConfig, export_checkpoint
     from resnext_deploy.artifact import Precision
+    from resnext_deploy.export.pipeline import ExportConfig, export_checkpoint
     from resnext_deploy.models.checkpoint import LoadOptions
     from tests.conftest import TINY
 
@@ -142,6 +146,8 @@ def test_relative_l2_and_added_error_are_recomputed_from_the_arrays() -> None:
     ref = {"a": rng.standard_normal((2, 8)), "b": rng.standard_normal((2, 8))}
     cand = {"a": ref["a"] * 1.01, "b": ref["b"] * 1.03}
     loc = compare_activations("x", "ref", [a, b], ref, cand, FP32_TOLERANCE)
-    assert loc.layers[0].rel_l2 == pytest.approx(0.01) and loc.layers[1].rel_l2 == pytest.approx(0.03)
+    assert loc.layers[0].rel_l2 == pytest.approx(0.01) and loc.layers[1].rel_l2 == pytest.approx(
+        0.03
+    )
     assert loc.layers[1].added == pytest.approx(0.02)
     assert loc.first_exceeding is not None and loc.first_exceeding.name == "a"

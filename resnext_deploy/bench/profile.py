@@ -40,8 +40,10 @@ class ProfileConfig:
         if not self.variants or not self.batch_sizes:
             raise ConfigError("profiling needs at least one variant and one batch size")
         if Variant.PREPROCESS in self.variants:
-            raise ConfigError("profile the fp32, fp16 or int8 graph; the preprocessing graph "
-                              "adds only its input conversion")
+            raise ConfigError(
+                "profile the fp32, fp16 or int8 graph; the preprocessing graph "
+                "adds only its input conversion"
+            )
         if self.runs < 1 or self.warmup < 0 or self.top < 1:
             raise ConfigError("profiling needs runs >= 1, warm-up >= 0 and top >= 1")
 
@@ -84,9 +86,9 @@ class ProfileReport:
             "threads": self.threads,
             "cpu": self.isa.to_dict(),
             "profiles": [
-                {"variant": p.variant.value} | p.profile.to_dict() | {
-                    "nodes": [_node(n) for n in p.profile.top(self.top)]
-                }
+                {"variant": p.variant.value}
+                | p.profile.to_dict()
+                | {"nodes": [_node(n) for n in p.profile.top(self.top)]}
                 for p in self.profiles
             ],
             "int8_vs_fp32": [
@@ -138,8 +140,13 @@ def profile_files(
         if Variant.FP32 in by_variant and Variant.INT8 in by_variant:
             comparisons += compare_convs(by_variant[Variant.FP32], by_variant[Variant.INT8])
     return ProfileReport(
-        model, config.provider.value, session.threads(), cpu_isa(), tuple(profiles),
-        config.top, tuple(comparisons),
+        model,
+        config.provider.value,
+        session.threads(),
+        cpu_isa(),
+        tuple(profiles),
+        config.top,
+        tuple(comparisons),
     )
 
 

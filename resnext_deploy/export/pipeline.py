@@ -28,8 +28,8 @@ from resnext_deploy.export.onnx_export import (
     conv_summary,
     export_onnx,
 )
-from resnext_deploy.export.torchscript import export_torchscript
 from resnext_deploy.export.quantize import Int8Config, Int8Result, export_int8
+from resnext_deploy.export.torchscript import export_torchscript
 from resnext_deploy.export.variants import (
     Precision,
     export_fp16,

@@ -137,10 +137,53 @@ class ArrayReader:
 # --- quantizing and keeping layers in fp32 ------------------------------------------------------
 
 
+def calibrate(
+    prepared: Path, calibration: np.ndarray, method: CalibrationMethod, cache: Path
+) -> Path:
+    """Activation ranges of ``prepared`` on ``calibration``, saved to ``cache`` (onnxruntime's
+    calibration cache) so that every quantization attempt reuses them.
+
+    Calibrated here rather than inside ``quantize_static``, which cannot set histogram sizes:
+    with its entropy defaults (128 bins, 128 quantized bins) the KL search has a single
+    candidate, the full range, and entropy calibration equals min/max. Ranges are asymmetric
+    (activations are uint8).
+    """
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod as OrtMethod
+    from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+    methods = {
+        CalibrationMethod.MINMAX: (OrtMethod.MinMax, {}),
+        CalibrationMethod.ENTROPY: (
+            OrtMethod.Entropy,
+            {"num_bins": 2048, "num_quantized_bins": 128, "symmetric": False},
+        ),
+        CalibrationMethod.PERCENTILE: (
+            OrtMethod.Percentile,
+            {"num_bins": 2048, "percentile": 99.999, "symmetric": False},
+        ),
+    }
+    ort_method, options = methods[method]
+    input_name = onnx.load(str(prepared), load_external_data=False).graph.input[0].name
+    with tempfile.TemporaryDirectory(prefix="resnext-calib-") as tmp:
+        calibrator = create_calibrator(
+            Path(prepared),
+            list(set(QLinearOpsRegistry) | set(QDQRegistry)),
+            augmented_model_path=str(Path(tmp) / "augmented.onnx"),
+            calibrate_method=ort_method,
+            extra_options=options,
+        )
+        calibrator.collect_data(ArrayReader(input_name, calibration))
+        save_tensors_data(calibrator.compute_data(), cache)
+    return cache
+
+
 def quantize(
-    prepared: Path, dst: Path, calibration: np.ndarray, method: CalibrationMethod, keep: list[str]
+    prepared: Path, dst: Path, ranges: Path, method: CalibrationMethod, keep: list[str]
 ) -> None:
-    """Static QDQ quantization of ``prepared`` with the nodes named in ``keep`` really in fp32."""
+    """Static QDQ quantization of ``prepared`` with the activation ranges in ``ranges`` (see
+    :func:`calibrate`) and the nodes named in ``keep`` really in fp32."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod as OrtMethod
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
@@ -150,17 +193,17 @@ def quantize(
         CalibrationMethod.ENTROPY: OrtMethod.Entropy,
         CalibrationMethod.PERCENTILE: OrtMethod.Percentile,
     }
-    input_name = onnx.load(str(prepared), load_external_data=False).graph.input[0].name
     quantize_static(
         str(prepared),
         str(dst),
-        ArrayReader(input_name, calibration),
+        None,
         quant_format=QuantFormat.QDQ,
         activation_type=QuantType.QUInt8,
         weight_type=QuantType.QInt8,
         per_channel=True,
         calibrate_method=methods[method],
         nodes_to_exclude=list(keep),
+        calibration_cache_path=str(ranges),
     )
     model = onnx.load(str(dst))
     keep_in_fp32(model, set(keep))
@@ -270,8 +313,8 @@ def rank_layers(
     most harmful first."""
     import onnx
 
-    from resnext_deploy.localize import compare_activations, find_boundaries, onnx_activations
     from resnext_deploy.artifact import Variant
+    from resnext_deploy.localize import compare_activations, find_boundaries, onnx_activations
 
     boundaries = find_boundaries(onnx.load(str(fp32)))
     ref, missing_ref = onnx_activations(fp32, boundaries, images)
@@ -355,11 +398,12 @@ def export_int8(
             for n in graph.node
             if n.name in layers and set(n.output) & outputs
         }
+        ranges = calibrate(prepared, calibration, config.method, work / "ranges.json")
 
         speeds: tuple[ClassSpeed, ...] = ()
         if config.speed_batch_sizes:
             everything = work / "all.onnx"
-            quantize(prepared, everything, calibration, config.method, [])
+            quantize(prepared, everything, ranges, config.method, [])
             speeds = measure_class_speeds(
                 src, everything, input_size, config.speed_batch_sizes, config.threads
             )
@@ -368,7 +412,8 @@ def export_int8(
                 if cls in slow:
                     s = slow[cls]
                     keep[node] = Fp32Layer(
-                        node, modules.get(node, node),
+                        node,
+                        modules.get(node, node),
                         f"speed: {cls} convolutions take {s.int8_ms:.2f} ms in int8 and "
                         f"{s.fp32_ms:.2f} ms in fp32 here",
                     )
@@ -376,7 +421,7 @@ def export_int8(
         candidate = work / "int8.onnx"
 
         def attempt(extra: list[str]) -> tuple[bool, float]:
-            quantize(prepared, candidate, calibration, config.method, [*keep, *extra])
+            quantize(prepared, candidate, ranges, config.method, [*keep, *extra])
             agreement = top1_agreement(src, candidate, held_out, config.threads)
             return agreement >= config.min_agreement, agreement
 
@@ -384,7 +429,9 @@ def export_int8(
         attempts = [(len(keep), agreement)]
         if not passed:
             ranked = rank_layers(
-                src, candidate, calibration[: config.accuracy_images],
+                src,
+                candidate,
+                calibration[: config.accuracy_images],
                 [n for n in layers if n not in keep],
             )
             limit = int(config.max_fp32_share * len(layers)) - len(keep)
@@ -463,7 +510,11 @@ def _module_names(graph: Any) -> dict[str, str]:
     """Node name -> module path, from the folded weights' names (``layer2.0.conv2.weight``)."""
     names = {}
     for node in graph.node:
-        if node.op_type in QUANTIZABLE and len(node.input) > 1 and node.input[1].endswith(".weight"):
+        if (
+            node.op_type in QUANTIZABLE
+            and len(node.input) > 1
+            and node.input[1].endswith(".weight")
+        ):
             names[node.name] = node.input[1][: -len(".weight")]
     return names
 

@@ -105,9 +105,14 @@ class ProfiledSession(SessionConfig):
     optimized_path: str | None = None
 
     @classmethod
-    def of(cls, config: SessionConfig, **extra: str) -> ProfiledSession:
-        own = {f.name: getattr(config, f.name) for f in fields(SessionConfig)}
-        return cls(**own, **extra)
+    def of(
+        cls,
+        config: SessionConfig,
+        profile_prefix: str | None = None,
+        optimized_path: str | None = None,
+    ) -> ProfiledSession:
+        own: dict[str, Any] = {f.name: getattr(config, f.name) for f in fields(SessionConfig)}
+        return cls(**own, profile_prefix=profile_prefix, optimized_path=optimized_path)
 
     def session_options(self) -> Any:
         options = super().session_options()
@@ -175,7 +180,9 @@ def profile_model(
     with tempfile.TemporaryDirectory(prefix="resnext-profile-") as tmp:
         directory = Path(tmp)
         graph = optimized_graph(model, config, directory)
-        session = create_session(model, ProfiledSession.of(config, profile_prefix=str(directory / "ort")))
+        session = create_session(
+            model, ProfiledSession.of(config, profile_prefix=str(directory / "ort"))
+        )
         feed = {session.get_inputs()[0].name: batch}
         for _ in range(warmup + runs):
             session.run(None, feed)
@@ -215,7 +222,9 @@ def summarize_events(
     for node, total in totals.items():
         op, group, kernel = graph[node]
         nodes.append(
-            NodeTime(node, op, node_kind(op, group, kernel), providers[node], total / runs, group, kernel)
+            NodeTime(
+                node, op, node_kind(op, group, kernel), providers[node], total / runs, group, kernel
+            )
         )
     nodes.sort(key=lambda n: -n.ms)
     node_ms = sum(n.ms for n in nodes)

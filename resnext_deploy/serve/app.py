@@ -10,6 +10,8 @@ validating requests (and forming the next batch) while a batch runs; with batchi
 request runs alone, in arrival order. The histogram ``resnext_deploy_batch_images`` (exported
 as ``ray_resnext_deploy_batch_images``) records the images in every onnxruntime call, with
 batching on or off; Ray's own ``serve_actual_batch_size`` counts the same for batched calls.
+Ray rebuilds a histogram's ``_sum`` from bucket midpoints, so it is approximate: the counter
+``resnext_deploy_images`` divided by the histogram's ``_count`` is the exact mean batch.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Any
 import numpy as np
 from ray import serve
 from ray.serve import Application
-from ray.serve.metrics import Histogram
+from ray.serve.metrics import Counter, Histogram
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -31,7 +33,7 @@ from resnext_deploy.serve.model import ServedModel
 from resnext_deploy.serve.protocol import RequestError
 from resnext_deploy.serve.routes import HttpRequest, HttpResponse, InferenceAPI
 
-BATCH_BUCKETS = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]
+BATCH_BUCKETS = [1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 32.0, 48.0, 64.0, 128.0, 256.0]
 CONSTRUCTOR_RETRIES = 2  # a broken export fails the deployment fast instead of 20 times over
 
 
@@ -55,10 +57,18 @@ class ModelServer:
             tag_keys=("model",),
         )
         self.batch_images.set_default_tags({"model": self.model.name})
+        self.images = Counter(
+            "resnext_deploy_images",
+            description="Images a replica ran through onnxruntime.",
+            tag_keys=("model",),
+        )
+        self.images.set_default_tags({"model": self.model.name})
         # @serve.batch's documented setters (its type hints do not declare them).
         self._batched.set_max_batch_size(self.config.max_batch_size)  # type: ignore[attr-defined]
         self._batched.set_batch_wait_timeout_s(self.config.batch_wait_ms / 1000)  # type: ignore[attr-defined]
-        infer = self._batched if self.config.batching else self._alone
+        self._idle = asyncio.Event()
+        self._idle.set()
+        infer = self._gated if self.config.batching else self._alone
         self.api = InferenceAPI(self.model, infer, self.config.max_image_pixels)
 
     async def __call__(self, request: Request) -> Response:
@@ -81,13 +91,26 @@ class ModelServer:
     async def _alone(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         return (await self._run([batch]))[0]
 
+    async def _gated(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        # While onnxruntime is busy, requests wait here; when it is free they all enter the
+        # batcher together and form the next batch. Ray's batcher alone cuts a batch every
+        # batch-wait interval, busy or not, and would queue many small batches behind a long
+        # one (Triton's dynamic batcher also forms a batch when an instance becomes free).
+        await self._idle.wait()
+        return await self._batched(batch)
+
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005, batch_size_fn=_images_in)
     async def _batched(self, batches: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
-        return await self._run(batches)
+        self._idle.clear()
+        try:
+            return await self._run(batches)
+        finally:
+            self._idle.set()
 
     async def _run(self, batches: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
         stacked = batches[0] if len(batches) == 1 else np.concatenate(batches)
         self.batch_images.observe(len(stacked))
+        self.images.inc(len(stacked))
         loop = asyncio.get_running_loop()
         outputs = await loop.run_in_executor(self.executor, self.model.run, stacked)
         ends = np.cumsum([len(b) for b in batches])
@@ -109,7 +132,7 @@ async def read_body(request: Request, limit: int) -> bytes:
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
-        if False:
+        if size > limit:
             raise RequestError(413, f"request body exceeds the limit of {limit} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
@@ -128,6 +151,7 @@ def deployment_options(config: ServeConfig) -> dict[str, Any]:
         "max_ongoing_requests": config.max_ongoing_requests,
         "ray_actor_options": {"num_cpus": config.cpus_per_replica, "num_gpus": config.num_gpus},
         "max_constructor_retry_count": CONSTRUCTOR_RETRIES,
+        "logging_config": {"enable_access_log": config.access_log},
     }
 
 

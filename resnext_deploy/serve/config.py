@@ -58,6 +58,7 @@ class ServeConfig:
     max_body_bytes: int = 64 << 20
     max_image_pixels: int = 50_000_000
     metrics_port: int | None = None
+    access_log: bool = True
     check_hashes: bool = True
 
     def __post_init__(self) -> None:

@@ -83,6 +83,9 @@ def _start_ray(config: ServeConfig, address: str | None) -> Any:
     try:
         if address is None:
             ray.init(
+                # "local": a new Ray even when `ray start` left a cluster on this machine
+                # (plain ray.init() would join the one in /tmp/ray/ray_current_cluster).
+                address="local",
                 include_dashboard=False,
                 _metrics_export_port=config.metrics_port,
                 logging_level=logging.WARNING,
@@ -90,8 +93,12 @@ def _start_ray(config: ServeConfig, address: str | None) -> Any:
         else:
             ray.init(address=address, logging_level=logging.WARNING)
     except (ConnectionError, RuntimeError, ValueError) as exc:
-        where = f"the Ray cluster at {address}" if address else "a local Ray"
-        raise ServeError(f"could not start {where}: {first_line(exc)}") from None
+        if address is None:
+            raise ServeError(f"could not start a local Ray: {first_line(exc)}") from None
+        raise ServeError(
+            f"could not connect to the Ray cluster at {address}: {first_line(exc)} (a cluster "
+            "with token authentication also needs RAY_AUTH_MODE=token and its token)"
+        ) from None
     return ray
 
 
@@ -102,7 +109,10 @@ def _deploy(config: ServeConfig, name: str, address: str | None, ray: Any) -> Se
     from resnext_deploy.serve.app import build_app
 
     try:
-        serve.start(http_options={"host": config.host, "port": config.port})
+        serve.start(
+            http_options={"host": config.host, "port": config.port},
+            logging_config={"enable_access_log": config.access_log},
+        )
         serve.run(build_app(config.to_args()), name=name, route_prefix="/")
     except (RayServeException, ray.exceptions.RayError, RuntimeError) as exc:
         raise ServeError(f"deploying {name} failed: {_cause(exc)}") from None

@@ -29,9 +29,26 @@ def test_bench_profile_shows_grouped_convolutions_apart(tiny_export: Path, tmp_p
     result = runner.invoke(
         app,
         [
-            "bench", str(tiny_export), "--backend", "onnxruntime", "--batch-sizes", "1",
-            "--warmup", "1", "--min-iters", "2", "--min-time", "0", "--no-overhead",
-            "--threads", "1", "--out", str(tmp_path), "--name", "tiny", "--profile",
+            "bench",
+            str(tiny_export),
+            "--backend",
+            "onnxruntime",
+            "--batch-sizes",
+            "1",
+            "--warmup",
+            "1",
+            "--min-iters",
+            "2",
+            "--min-time",
+            "0",
+            "--no-overhead",
+            "--threads",
+            "1",
+            "--out",
+            str(tmp_path),
+            "--name",
+            "tiny",
+            "--profile",
         ],
     )
     assert result.exit_code == 0, result.output
@@ -43,18 +60,30 @@ def test_bench_profile_shows_grouped_convolutions_apart(tiny_export: Path, tmp_p
     dense = [k for k in kinds if "group=1" in k]
     assert grouped and dense
     # Every grouped convolution of the ONNX file is counted as grouped, and no dense one is.
-    assert sum(kinds[k]["nodes"] for k in grouped) == onnx_conv_groups(tiny_export / "model.onnx")[8]
+    assert (
+        sum(kinds[k]["nodes"] for k in grouped) == onnx_conv_groups(tiny_export / "model.onnx")[8]
+    )
     assert sum(k["share"] for k in prof["kinds"]) == pytest.approx(1.0)
     assert 0 < prof["node_ms"] <= prof["run_ms"] * 1.05
     assert (tmp_path / "tiny-profile.md").read_text().count("group=8 3x3") >= 1
 
 
 def _event(name: str, ts: int, dur: int, op: str = "Conv", cat: str = "Node") -> dict:
-    return {"cat": cat, "name": name, "ts": ts, "dur": dur, "args": {"op_name": op, "provider": "CPUExecutionProvider"}}
+    return {
+        "cat": cat,
+        "name": name,
+        "ts": ts,
+        "dur": dur,
+        "args": {"op_name": op, "provider": "CPUExecutionProvider"},
+    }
 
 
 def test_warm_up_runs_are_left_out_and_times_are_per_run() -> None:
-    graph = {"a": ("QLinearConv", 32, (3, 3)), "b": ("QLinearConv", 1, (1, 1)), "c": ("Add", None, ())}
+    graph = {
+        "a": ("QLinearConv", 32, (3, 3)),
+        "b": ("QLinearConv", 1, (1, 1)),
+        "c": ("Add", None, ()),
+    }
     events = [
         _event("model_run", 0, 100, cat="Session"),
         _event("a_kernel_time", 1, 1000),  # warm-up: left out

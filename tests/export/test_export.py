@@ -131,6 +131,7 @@ def test_failed_parity_gate_leaves_nothing(
 def test_force_replaces_an_old_export(tiny_checkpoint: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     out.mkdir()
+    (out / MANIFEST).write_text("{}")  # an old export: --force replaces only exports
     (out / "stale.txt").write_text("old")
     export_checkpoint(
         tiny_checkpoint, LoadOptions(arch=TINY), ExportConfig(out_dir=out, overwrite=True)
@@ -144,6 +145,7 @@ def test_interrupted_staging_leaves_nothing_and_keeps_the_old_export(tmp_path: P
 
     target = tmp_path / "out"
     target.mkdir()
+    (target / MANIFEST).write_text("{}")
     (target / "old.txt").write_text("previous export")
     with pytest.raises(KeyboardInterrupt), atomic_directory(target, overwrite=True) as stage:
         (stage / "half.onnx").write_bytes(b"partial")

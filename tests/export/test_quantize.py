@@ -19,6 +19,7 @@ from resnext_deploy.export.calibration import (
 )
 from resnext_deploy.export.quantize import (
     Int8Config,
+    calibrate,
     conv_classes,
     export_int8,
     fewest_fp32_layers,
@@ -66,7 +67,8 @@ def test_grouped_convolutions_kept_in_fp32_really_run_in_fp32(digits, tmp_path: 
     prep = prepared(fp32, tmp_path)
     grouped = [n for n, cls in conv_classes(onnx.load(str(prep)).graph).items() if "group=8" in cls]
     assert len(grouped) == 3
-    quantize(prep, tmp_path / "kept.onnx", calibration[:32], CalibrationMethod.MINMAX, grouped)
+    ranges = calibrate(prep, calibration[:32], CalibrationMethod.MINMAX, tmp_path / "ranges.json")
+    quantize(prep, tmp_path / "kept.onnx", ranges, CalibrationMethod.MINMAX, grouped)
     ops = optimized_ops(tmp_path / "kept.onnx", tmp_path)
     assert not [op for op in ops if op[0] == "QLinearConv" and op[1] == 8]
     assert sum(1 for op in ops if op[0] != "QLinearConv" and op[1] == 8) == 3
@@ -79,9 +81,14 @@ def test_grouped_convolutions_kept_in_fp32_really_run_in_fp32(digits, tmp_path: 
     from resnext_deploy.export.quantize import ArrayReader
 
     quantize_static(
-        str(prep), str(tmp_path / "excluded.onnx"), ArrayReader("input", calibration[:32]),
-        quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
-        weight_type=QuantType.QInt8, per_channel=True, nodes_to_exclude=grouped,
+        str(prep),
+        str(tmp_path / "excluded.onnx"),
+        ArrayReader("input", calibration[:32]),
+        quant_format=QuantFormat.QDQ,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        per_channel=True,
+        nodes_to_exclude=grouped,
     )
     assert ("QLinearConv", 8) in optimized_ops(tmp_path / "excluded.onnx", tmp_path)
 
@@ -90,7 +97,10 @@ def test_int8_records_its_fp32_layers_reasons_method_and_cpu(digits, tmp_path: P
     fp32, calibration, held_out = digits
     dst = tmp_path / "int8.onnx"
     result = export_int8(
-        fp32, dst, calibration, held_out,
+        fp32,
+        dst,
+        calibration,
+        held_out,
         Int8Config(min_agreement=0.0, method=CalibrationMethod.PERCENTILE, speed_batch_sizes=(1,)),
     )
     props = {p.key: p.value for p in onnx.load(str(dst)).metadata_props}
@@ -115,7 +125,9 @@ def test_int8_records_its_fp32_layers_reasons_method_and_cpu(digits, tmp_path: P
 def test_the_accuracy_search_keeps_as_few_layers_as_reach_the_gate(digits, tmp_path: Path) -> None:  # noqa: ANN001
     fp32, calibration, held_out = digits
     dst = tmp_path / "int8.onnx"
-    plain = export_int8(fp32, dst, calibration, held_out, Int8Config(min_agreement=0.0, speed_batch_sizes=()))
+    plain = export_int8(
+        fp32, dst, calibration, held_out, Int8Config(min_agreement=0.0, speed_batch_sizes=())
+    )
     assert plain.top1_agreement < 1.0
     # A gate one more agreeing image above what int8 reaches without an accuracy choice.
     gate = plain.top1_agreement + 0.5 / len(held_out)
@@ -128,7 +140,9 @@ def test_the_accuracy_search_keeps_as_few_layers_as_reach_the_gate(digits, tmp_p
     assert result.top1_agreement >= gate
     # ... and without the last layer the search chose, it does not.
     fewer = [layer.node for layer in result.fp32_layers if layer is not chosen[-1]]
-    quantize(prepared(fp32, tmp_path), tmp_path / "fewer.onnx", calibration, config.method, fewer)
+    prep = prepared(fp32, tmp_path)
+    ranges = calibrate(prep, calibration, config.method, tmp_path / "ranges.json")
+    quantize(prep, tmp_path / "fewer.onnx", ranges, config.method, fewer)
     assert _agreement(fp32, tmp_path / "fewer.onnx", held_out) < gate
 
 
@@ -145,7 +159,8 @@ def test_calibration_methods_give_different_activation_ranges(digits, tmp_path: 
     prep = prepared(fp32, tmp_path)
     scales = {}
     for method in CalibrationMethod:
-        quantize(prep, tmp_path / f"{method}.onnx", calibration[:64], method, [])
+        ranges = calibrate(prep, calibration[:64], method, tmp_path / f"{method}.json")
+        quantize(prep, tmp_path / f"{method}.onnx", ranges, method, [])
         model = onnx.load(str(tmp_path / f"{method}.onnx"))
         inits = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
         scales[method] = np.array(
@@ -174,7 +189,12 @@ def test_cpu_isa_from_cpuinfo_and_the_int8_warning() -> None:
     zen3 = parse_cpuinfo("model name\t: AMD EPYC 7B13\nflags\t\t: fpu sse avx avx2 fma\n")
     assert zen3.avx2 and not zen3.avx512 and not zen3.int8_accelerated
     sapphire = parse_cpuinfo("model name : Xeon\nflags : avx2 avx512f avx512_vnni amx_int8\n")
-    assert sapphire.avx512 and sapphire.vnni and sapphire.amx and sapphire.summary == "AVX2+AVX-512+VNNI+AMX"
+    assert (
+        sapphire.avx512
+        and sapphire.vnni
+        and sapphire.amx
+        and sapphire.summary == "AVX2+AVX-512+VNNI+AMX"
+    )
     assert any("no VNNI" in w for w in int8_warnings(zen3, fp32_ms=10.0, int8_ms=8.0))
     assert any("not faster" in w for w in int8_warnings(sapphire, fp32_ms=10.0, int8_ms=12.0))
     assert int8_warnings(CpuIsa(model="x", avx2=True, vnni=True), 10.0, 5.0) == ()

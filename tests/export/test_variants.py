@@ -343,20 +343,6 @@ def test_triton_config_is_a_valid_model_config_matching_the_onnx_io(
     assert (model_dir / "labels.txt").read_text().split() == [str(i) for i in range(10)]
 
 
-def test_triton_preferred_batch_sizes_from_a_bench_report(variants, tmp_path: Path) -> None:  # noqa: ANN001
-    from resnext_deploy.export.triton import preferred_from_bench
-
-    report = {
-        "results": [
-            {"backend": "onnxruntime-cpu", "batch_size": b, "stats": {"images_per_s": v}}
-            for b, v in ((1, 100.0), (8, 400.0), (16, 390.0), (32, 380.0))
-        ]
-    }
-    path = tmp_path / "bench.json"
-    path.write_text(json.dumps(report))
-    assert preferred_from_bench(path, max_batch_size=16) == (8, 16)
-
-
 def test_triton_for_a_missing_model_or_variant(variants, tmp_path: Path) -> None:  # noqa: ANN001
     from resnext_deploy.export.triton import TritonConfig, write_repository
 

@@ -206,10 +206,34 @@ def test_bad_requests_get_4xx_and_the_server_keeps_serving(
         ok, answer = server.post(infer, json.dumps({"inputs": [good]}).encode())
         assert ok == 200, answer
         assert len(json.loads(answer)["outputs"][0]["data"]) == 7
+    # A body sent in chunks, with no Content-Length, is counted as it streams in.
+    status, answer = _chunked(server, infer, MAX_BODY_MB * 2**20 + 1)
+    assert status == 413 and "exceeds the limit" in json.loads(answer)["error"]
+    ok, answer = server.post(infer, json.dumps({"inputs": [good]}).encode())
+    assert ok == 200, answer
     with pytest.raises(InferenceServerException, match="unexpected input"):
         bad = triton.InferInput("pixels", [1, 3, 64, 64], "FP32")
         bad.set_data_from_numpy(np.zeros((1, 3, 64, 64), np.float32))
         server.client().infer(MODEL, [bad])
+
+
+def _chunked(server: Server, path: str, size: int) -> tuple[int, bytes]:
+    import http.client
+
+    def chunks() -> Iterator[bytes]:
+        sent = 0
+        while sent < size:
+            piece = b" " * min(1 << 16, size - sent)
+            sent += len(piece)
+            yield piece
+
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+    try:
+        conn.request("POST", path, body=chunks(), encode_chunked=True)
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
 
 
 def test_batches_form_under_concurrency_and_their_sizes_are_exported(
@@ -217,6 +241,7 @@ def test_batches_form_under_concurrency_and_their_sizes_are_exported(
 ) -> None:
     xs = np.random.default_rng(0).standard_normal((16, 1, 3, 64, 64)).astype(np.float32)
     reference = Classifier(tiny_export).runner.infer(xs[:, 0])
+    before = _settled_metrics(server)
 
     def one(i: int) -> np.ndarray:
         return server.client().infer(MODEL, [_input(xs[i])]).as_numpy("logits")
@@ -227,24 +252,47 @@ def test_batches_form_under_concurrency_and_their_sizes_are_exported(
     np.testing.assert_allclose(results, reference, rtol=0, atol=1e-5)
     deadline = time.monotonic() + 60
     while True:
-        status, text = _http("GET", f"http://127.0.0.1:{server.metrics_port}/metrics")
-        buckets = _histogram(text.decode(), "ray_resnext_deploy_batch_images")
-        if buckets and buckets.get("+Inf", 0) >= 16 or time.monotonic() > deadline:
+        after = _metrics(server)
+        images = after.get("images", 0) - before.get("images", 0)
+        if images >= 16 or time.monotonic() > deadline:
             break
-        time.sleep(1)
-    assert buckets, "the batch-size histogram is not exported"
-    # More calls than images would be impossible; fewer calls than requests means batches of > 1.
-    assert buckets["1.0"] < buckets["+Inf"], buckets
+        time.sleep(0.5)
+    assert images == 16, (before, after)
+    calls = after["+Inf"] - before.get("+Inf", 0)
+    alone = after["1.0"] - before.get("1.0", 0)
+    assert after["+Inf"] == after["count"]
+    # 16 images in fewer than 16 onnxruntime calls: batches of more than one formed.
+    assert alone < calls < 16, (before, after)
 
 
-def _histogram(text: str, name: str) -> dict[str, float]:
-    """Cumulative bucket counts (summed over replicas) of a Prometheus histogram."""
-    counts: dict[str, float] = {}
-    for line in text.splitlines():
-        if line.startswith(name + "_bucket{"):
-            le = line.split('le="', 1)[1].split('"', 1)[0]
-            counts[le] = counts.get(le, 0.0) + float(line.rsplit(" ", 1)[1])
-    return counts
+def _metrics(server: Server) -> dict[str, float]:
+    """The batch-size histogram's cumulative buckets and count, and the images counter."""
+    _, body = _http("GET", f"http://127.0.0.1:{server.metrics_port}/metrics")
+    found: dict[str, float] = {}
+    for line in body.decode().splitlines():
+        value = float(line.rsplit(" ", 1)[-1]) if not line.startswith("#") else 0.0
+        if line.startswith("ray_resnext_deploy_batch_images_bucket{"):
+            key = line.split('le="', 1)[1].split('"', 1)[0]
+        elif line.startswith("ray_resnext_deploy_batch_images_count{"):
+            key = "count"
+        elif line.startswith("ray_resnext_deploy_images_total{"):
+            key = "images"
+        else:
+            continue
+        found[key] = found.get(key, 0.0) + value
+    return found
+
+
+def _settled_metrics(server: Server) -> dict[str, float]:
+    """Metrics once earlier requests have been reported (two equal scrapes a second apart)."""
+    previous = _metrics(server)
+    for _ in range(30):
+        time.sleep(1.2)
+        current = _metrics(server)
+        if current == previous:
+            return current
+        previous = current
+    return previous
 
 
 def test_sigterm_stops_the_server_and_every_ray_process(server: Server) -> None:
