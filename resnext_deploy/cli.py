@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import re
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -31,8 +32,21 @@ from resnext_deploy.runtime.providers import ConvAlgoSearch, Provider
 from resnext_deploy.spec import Layout, Optimizer
 
 USAGE_EXIT_CODE = 1  # as for every other bad input (README, "Commands")
+ANSI_CODES = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]")
+
+
+def plain(text: str) -> str:
+    """``text`` as one safe terminal line: colour codes removed (torch puts them in its error
+    messages), line breaks made spaces, other control characters (a hostile file name) shown
+    escaped, and Rich markup escaped (a file named ``[red]x.png`` is text)."""
+    text = ANSI_CODES.sub("", text).replace("\r\n", " ").replace("\n", " ").replace("\t", " ")
+    return escape("".join(c if c.isprintable() else repr(c)[1:-1] for c in text))
+
+
 # Click's UsageError: Typer >= 0.29 vendors its own copy of Click, older ones use Click itself.
-UsageError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+UsageError: type[Exception] = next(
+    c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError"
+)
 
 
 @contextmanager
@@ -47,7 +61,8 @@ def usage_errors_on_one_line() -> Iterator[None]:
             raise
         ctx = getattr(exc, "ctx", None)
         where = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
-        message = escape(exc.format_message().rstrip(". ") + where)
+        text = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        message = plain(text.rstrip(". ") + where)
         err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
         raise typer.Exit(USAGE_EXIT_CODE) from None
 
@@ -88,14 +103,17 @@ def handles_errors(func: F) -> F:
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from resnext_deploy.interrupts import Interrupted, handle_signals
+        from resnext_deploy.interrupts import Interrupted, handle_signals, raise_if_interrupted
 
         try:
             with handle_signals():  # SIGTERM cleans up like Ctrl-C
-                return func(*args, **kwargs)
+                try:
+                    return func(*args, **kwargs)
+                except DeployError:
+                    raise_if_interrupted()  # torch.onnx.export turns Ctrl-C into its own error
+                    raise
         except DeployError as exc:
-            # escape: a file name such as "[red]x.png" is text, not Rich markup
-            err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+            err.print(f"[bold red]error:[/] {plain(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt as exc:
             signal_exc = exc if isinstance(exc, Interrupted) else Interrupted()
@@ -158,8 +176,8 @@ def warn_unlisted(artifact: Any) -> None:
     """Files in an export that its manifest does not list are never used; say so on stderr."""
     if artifact.unlisted:
         err.print(
-            f"[yellow]warning:[/] {escape(str(artifact.path))} holds files its manifest does not "
-            f"list, which are not used: {escape(', '.join(artifact.unlisted))}",
+            f"[yellow]warning:[/] {plain(str(artifact.path))} holds files its manifest does not "
+            f"list, which are not used: {plain(', '.join(artifact.unlisted))}",
             highlight=False,
             soft_wrap=True,
         )
@@ -375,7 +393,7 @@ def verify(
     if not report.passed:
         failed = ", ".join(b.backend for b in report.backends if not b.passed)
         err.print(
-            f"[bold red]error:[/] parity check failed for {escape(failed)} (see the report)",
+            f"[bold red]error:[/] parity check failed for {plain(failed)} (see the report)",
             highlight=False,
             soft_wrap=True,
         )
@@ -494,7 +512,7 @@ def predict(
 
         print_predictions(out, result.predictions)
     for failure in result.failures:
-        err.print(f"[red]skipped[/] {escape(failure)}", highlight=False, soft_wrap=True)
+        err.print(f"[red]skipped[/] {plain(failure)}", highlight=False, soft_wrap=True)
     if result.failures:
         err.print(f"{len(result.failures)} file(s) could not be classified")
         raise typer.Exit(1)

@@ -73,16 +73,29 @@ def save_figure(fig: Any, path: Path, dpi: int = 110) -> Path:
 
 
 def check_writable_dir(directory: str | Path, what: str = "output folder") -> Path:
-    """Fail now, before long work, if files cannot be created in ``directory`` (created if
-    missing). Raises :class:`ConfigError` naming the folder and why."""
+    """Fail now, before long work, if files cannot be created in ``directory``. Raises
+    :class:`ConfigError` naming the folder and why. Folders created for the probe are removed
+    again, so a run that fails later leaves no empty folder behind."""
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
         raise ConfigError(f"{what} {directory} exists and is not a directory")
+    created: list[Path] = []
+    probe_dir = directory
+    while not probe_dir.exists():
+        created.append(probe_dir)
+        probe_dir = probe_dir.parent
     try:
-        directory.mkdir(parents=True, exist_ok=True)
+        for folder in reversed(created):
+            folder.mkdir()
         fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=directory)
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
         raise ConfigError(f"cannot write to {what} {directory}: {exc.strerror or exc}") from None
+    finally:
+        for folder in created:
+            try:
+                folder.rmdir()
+            except OSError:
+                break
     return directory

@@ -40,7 +40,7 @@ def parity_table(report: ParityReport) -> Table:
 def print_parity(console: Console, report: ParityReport) -> None:
     console.print(parity_table(report))
     for name, why in report.skipped.items():
-        console.print(f"[yellow]skipped[/] {name}: {why}", highlight=False)
+        console.print(f"[yellow]skipped[/] {name}: {escape(why)}", highlight=False, soft_wrap=True)
     print_placements(console, report.placements)
     groups: dict[Any, list[str]] = {}
     for b in report.backends:
@@ -218,7 +218,7 @@ class RichTrainObserver:
 
 def print_training(console: Console, result: Any) -> None:
     for line in result.skipped:
-        console.print(f"[yellow]skipped[/] {line}", highlight=False)
+        console.print(f"[yellow]skipped[/] {escape(line)}", highlight=False, soft_wrap=True)
     names = result.spec.labels()
     table = Table(title="Confusion matrix on the validation split (rows: true, columns: predicted)")
     table.add_column("")

@@ -109,7 +109,7 @@ def train(config: TrainConfig, observer: TrainObserver | None = None) -> TrainRe
     if checkpoint.exists() and not config.overwrite:
         raise ConfigError(
             f"{config.out_dir} already holds a trained model ({CHECKPOINT_FILE}); choose a new "
-            "run folder, or pass --force to replace it"
+            "run folder, or allow replacing it (force)"
         )
     created = not config.out_dir.exists()
     check_writable_dir(config.out_dir, "run folder")

@@ -186,12 +186,24 @@ def test_export_of_a_raw_pickle(workspace: Path) -> None:
     assert_one_error(result, "is a pickled Python object, not a state dict")
 
 
+def test_a_checkpoint_cannot_steer_the_default_output_outside_exported(
+    workspace: Path, tiny_checkpoint: Path
+) -> None:
+    import torch
+
+    from resnext_deploy.models.registry import ARCHS
+
+    spec = {"arch": "../../escaped", "arch_config": ARCHS.get(TINY).to_dict()}
+    state = torch.load(tiny_checkpoint, weights_only=True)
+    torch.save({"state_dict": state, "spec": spec}, workspace / "evil.pth")
+    assert_one_error(invoke("export", "evil.pth"), "cannot name a folder")
+    assert not (workspace.parent / "escaped").exists() and not (workspace / "exported").exists()
+
+
 # --- predict, inspect ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "option", [["--top-k", "0"], ["--top-k", "-1"], ["--batch-size", "0"]]
-)
+@pytest.mark.parametrize("option", [["--top-k", "0"], ["--top-k", "-1"], ["--batch-size", "0"]])
 def test_predict_values_are_refused(workspace: Path, tiny_export: Path, option: list[str]) -> None:
     assert_one_error(invoke("predict", tiny_export, "photos", *option), option[0])
 
@@ -399,6 +411,32 @@ def test_help_shows_the_documented_defaults() -> None:
 def test_an_error_message_is_not_read_as_markup(workspace: Path) -> None:
     result = invoke("verify", "[red]not-there[/red]")
     assert_one_error(result, "[red]not-there[/red]")
+
+
+def test_control_characters_in_a_name_stay_on_one_inert_line(workspace: Path) -> None:
+    result = invoke("verify", "\x1b[31mred\x1b]0;title\x07\nsecond-line")
+    assert_one_error(result, "export directory not found")
+    assert "\x1b" not in result.stderr and "\x07" not in result.stderr
+    assert "second-line" in [ln for ln in result.stderr.splitlines() if ln.startswith("error:")][0]
+
+
+def test_an_interrupt_a_library_turned_into_an_error_is_still_an_interrupt(
+    workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import resnext_deploy.inspect_model as inspect_model
+    from resnext_deploy.errors import ExportError
+
+    def exporter_like(_path: object) -> None:
+        try:  # torch.onnx.export catches Ctrl-C and raises its own error, with colour codes
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)
+        except BaseException:  # noqa: BLE001
+            raise ExportError("Failed to export the model. \x1b[96mhint") from None
+
+    monkeypatch.setattr(inspect_model, "inspect_file", exporter_like)
+    result = invoke("inspect", "model.onnx")
+    assert result.exit_code == 130, result.output
+    assert "interrupted (SIGINT)" in result.stderr and "error:" not in result.stderr
 
 
 # --- signals, through the real entry point ------------------------------------------------------

@@ -29,7 +29,7 @@ from resnext_deploy.bench.harness import (
 )
 from resnext_deploy.bench.report import BenchReport
 from resnext_deploy.environment import BENCH_PACKAGES, environment, package_versions
-from resnext_deploy.errors import ConfigError
+from resnext_deploy.errors import BenchmarkError, ConfigError
 from resnext_deploy.runtime.providers import (
     CudaOptions,
     Provider,
@@ -129,6 +129,7 @@ def run_benchmark(
             # one TensorRT profile over the batch sizes asked for: the engine is built once
             tensorrt=replace(config.tensorrt, batch_sizes=batch_sizes),
         )
+        check_input_fits(batch_sizes, spec.input_size)
         specs = backend_specs(config, ctx)
         rng = np.random.default_rng(config.seed)
         size = spec.input_size
@@ -176,6 +177,22 @@ def run_benchmark(
     if config.provider is Provider.CPU:
         report.compute_floor = compute_floor(gmacs, threads, result.results)
     return report
+
+
+def check_input_fits(batch_sizes: tuple[int, ...], input_size: int) -> None:
+    """Refuse, before any work, a batch whose float32 input alone exceeds the memory this
+    machine has free (the activations need several times more): the kernel's OOM killer would
+    end the run without a word instead of a ``MemoryError`` the sweep could record."""
+    import psutil
+
+    largest = max(batch_sizes)
+    need = largest * 3 * input_size * input_size * 4
+    free = psutil.virtual_memory().available
+    if need > free:
+        raise BenchmarkError(
+            f"batch size {largest} needs {need / 2**30:.1f} GiB for its input alone and this "
+            f"machine has {free / 2**30:.1f} GiB free; use smaller batch sizes"
+        )
 
 
 def backend_specs(config: BenchConfig, ctx: BackendContext) -> list[BackendSpec]:

@@ -98,7 +98,7 @@ def check_destination(
     if not (target.exists() or target.is_symlink()):
         return
     if not overwrite:
-        raise ConfigError(f"{target} already exists; pass --force to replace it")
+        raise ConfigError(f"{target} already exists; allow replacing it (force) or choose another folder")
     _check_replaceable(target, replaceable, what)
 
 
@@ -124,7 +124,7 @@ def _commit(
         if not overwrite:
             raise ConfigError(
                 f"{target} appeared while the work ran; it was left untouched and nothing was "
-                "written (pass --force to replace it)"
+                "written; allow replacing it (force) to write over it"
             ) from None
         _check_replaceable(target, replaceable, what)
         _swap(staging, target)

@@ -94,7 +94,7 @@ def export_model(model: nn.Module, spec: ModelSpec, config: ExportConfig) -> Exp
     with torch.inference_mode():
         model(example)  # one eager pass in eval mode before tracing catches shape errors early
     versions = package_versions()
-    out_dir = config.out_dir or DEFAULT_ROOT / spec.arch
+    out_dir = config.out_dir or default_out_dir(spec.arch)
     with atomic_directory(out_dir, overwrite=config.overwrite) as stage:
         torch.save({"state_dict": model.state_dict(), "spec": spec.to_dict()}, stage / WEIGHTS_FILE)
         export_torchscript(model, example, stage / TORCHSCRIPT_FILE, spec, versions)
@@ -136,6 +136,17 @@ def export_model(model: nn.Module, spec: ModelSpec, config: ExportConfig) -> Exp
         Manifest.build(stage, spec, versions, files).write(stage)
         sizes = {name: (stage / name).stat().st_size for name in files}
     return ExportResult(out_dir, spec, sizes, convs, report, int8)
+
+
+def default_out_dir(arch: str) -> Path:
+    """``exported/<arch>``; an architecture name read from a checkpoint is not trusted to be a
+    plain folder name (``../../x`` would write outside ``exported/``)."""
+    if not arch or Path(arch).name != arch or arch.startswith(".") or "\\" in arch:
+        raise ExportError(
+            f"the architecture name {arch!r} cannot name a folder under {DEFAULT_ROOT}/; give "
+            "an output folder"
+        )
+    return DEFAULT_ROOT / arch
 
 
 def check_exportable(model: nn.Module) -> None:

@@ -244,7 +244,7 @@ def write_repository(
     if not artifact.has(variant):
         raise ArtifactError(
             f"{export_dir} has no {variant.value} variant ({variant.file}); export it "
-            "with --precision / --embed-preprocess first"
+            "with that variant first"
         )
     name = check_model_name(
         config.model_name or re.sub(r"[^A-Za-z0-9_.-]", "_", artifact.spec.arch)

@@ -28,7 +28,7 @@ def parse_precisions(text: str) -> tuple[Precision, ...]:
     valid = {p.value for p in Precision}
     bad = [n for n in names if n not in valid]
     if bad or not names:
-        raise ConfigError(f"--precision takes {', '.join(sorted(valid))}, not {text!r}")
+        raise ConfigError(f"precision takes {', '.join(sorted(valid))}, not {text!r}")
     return tuple(p for p in Precision if p.value in names or p is Precision.FP32)
 
 

@@ -120,7 +120,7 @@ def load_model(
         arch = arch or f"{layout}_resnext50"
     elif arch is None:
         raise CheckpointError(
-            f"{ckpt.path} does not say which architecture it is; pass --arch "
+            f"{ckpt.path} does not say which architecture it is; name it (arch) "
             f"(one of: {', '.join(ARCHS.names())})"
         )
     elif arch in ARCHS:
@@ -167,7 +167,7 @@ def _num_classes(state: Mapping[str, torch.Tensor], requested: int | None, path:
     found = int(fc.shape[0])
     if requested is not None and requested != found:
         raise CheckpointError(
-            f"--num-classes {requested} does not match the checkpoint, whose classifier "
+            f"the number of classes asked for ({requested}) does not match the checkpoint, whose classifier "
             f"'fc.weight' {tuple(fc.shape)} has {found} classes"
         )
     return found

@@ -201,6 +201,7 @@ def serve_config_document(config: ServeConfig) -> dict[str, Any]:
     return {
         "proxy_location": "EveryNode",
         "http_options": {"host": config.host, "port": config.port},
+        "logging_config": {"enable_access_log": config.access_log},
         "applications": [
             {
                 "name": name,

@@ -107,7 +107,7 @@ def test_existing_output_is_kept_without_force(tiny_checkpoint: Path, tmp_path: 
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    with pytest.raises(ConfigError, match="--force"):
+    with pytest.raises(ConfigError, match="allow replacing it \\(force\\)"):
         export_checkpoint(tiny_checkpoint, LoadOptions(arch=TINY), ExportConfig(out_dir=out))
     assert (out / "keep.txt").read_text() == "mine"
 

@@ -70,7 +70,7 @@ def test_class_names_must_match_class_count(tiny_checkpoint: Path) -> None:
 
 
 def test_arch_is_required_when_the_checkpoint_does_not_say(tiny_checkpoint: Path) -> None:
-    with pytest.raises(CheckpointError, match="pass --arch"):
+    with pytest.raises(CheckpointError, match="name it \\(arch\\)"):
         load_model(tiny_checkpoint)
 
 
