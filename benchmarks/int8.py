@@ -7,8 +7,8 @@
    to 224 px; the accuracy gate is off because top-1 agreement means nothing on random weights).
    Timed with onnxruntime's CPU provider at batch 1 and 8: fp32, the exported int8 (fp32 layers
    chosen by measured speed), and, for reference, int8 with every convolution quantized. The
-   models are interleaved round by round; each figure is the median over rounds of per-round
-   medians, and each ratio the median of the per-round ratios.
+   models alternate call by call (the machine is shared); each figure is the median over rounds
+   of per-round medians, and each ratio the median of the per-round ratios.
 2. A profile of fp32 and the exported int8 at batch 1 (time per convolution class).
 3. resnext11_mini trained on the digits as ``make demo`` trains it (10 epochs, 16 px), exported
    with int8 at the default gate (99%); top-1 agreement with fp32 on the held-out digits,
@@ -23,6 +23,7 @@ import argparse
 import csv
 import io
 import json
+import os
 import sys
 import tempfile
 import time
@@ -33,6 +34,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 RX50 = "resnext50_32x4d"
+CALLS = {1: 40, 8: 12}  # timed calls of each model per round, alternating
+WARMUP = 3
 
 
 def export_rx50(work: Path) -> tuple[Path, Any, Any]:
@@ -92,22 +95,35 @@ def quantize_everything(fp32: Path, work: Path) -> Path:
 def time_interleaved(
     models: dict[str, Path], batch_sizes: tuple[int, ...], rounds: int, threads: int
 ) -> dict[str, Any]:
+    """Per round and batch size: one call of each model in turn, ``CALLS[b]`` times, so that the
+    models share the machine's state call by call (it is shared with other work); the round's
+    figure per model is the median of its calls."""
     from resnext_deploy.runtime.ort import OrtRunner
     from resnext_deploy.runtime.providers import SessionConfig
-    from resnext_deploy.timing import Timing, measure
+    from resnext_deploy.timing import summarize as stats_of
 
     config = SessionConfig(intra_op_threads=threads)
-    timing = Timing(warmup=2, min_iters=10, min_time_s=2.0, max_time_s=15.0)
     runners = {name: OrtRunner(path, config, name=name) for name, path in models.items()}
     rng = np.random.default_rng(0)
     batches = {b: rng.standard_normal((b, 3, 224, 224), dtype=np.float32) for b in batch_sizes}
     samples: dict[str, dict[int, list[float]]] = {n: {b: [] for b in batch_sizes} for n in models}
     for r in range(rounds):
         for b in batch_sizes:
-            for name, runner in runners.items():
-                _, stats = measure(runner.bind(batches[b]).run, runner.sync, timing, b)
-                samples[name][b].append(stats.p50_ms)
-                print(f"round {r + 1}/{rounds} batch {b} {name}: {stats.p50_ms:.1f} ms", flush=True)
+            bound = {name: runner.bind(batches[b]) for name, runner in runners.items()}
+            for call in bound.values():
+                for _ in range(WARMUP):
+                    call.run()
+            times: dict[str, list[float]] = {name: [] for name in runners}
+            for _ in range(CALLS.get(b, 10)):
+                for name, call in bound.items():
+                    t0 = time.perf_counter()
+                    call.run()
+                    runners[name].sync()
+                    times[name].append(time.perf_counter() - t0)
+            for name in runners:
+                p50 = stats_of(times[name], b).p50_ms
+                samples[name][b].append(p50)
+                print(f"round {r + 1}/{rounds} batch {b} {name}: {p50:.1f} ms", flush=True)
     for runner in runners.values():
         runner.close()
     return samples
@@ -162,6 +178,7 @@ def digits_agreement(work: Path) -> dict[str, Any]:
             epochs=10,
             input_size=16,
             lr=2e-3,
+            overwrite=True,
         )
     )
     exported = export_checkpoint(
@@ -169,6 +186,7 @@ def digits_agreement(work: Path) -> dict[str, Any]:
         LoadOptions(),
         ExportConfig(
             out_dir=work / "digits",
+            overwrite=True,
             precisions=(Precision.FP32, Precision.INT8),
             calibration=CalibrationConfig(source="digits"),
         ),
@@ -194,6 +212,15 @@ def digits_agreement(work: Path) -> dict[str, Any]:
     }
 
 
+def wait_for_quiet(threshold: float, limit_s: float = 1200) -> float:
+    """The machine is shared: wait until the 1-minute load average is below ``threshold``."""
+    began = time.time()
+    while os.getloadavg()[0] >= threshold and time.time() - began < limit_s:
+        print(f"load {os.getloadavg()[0]:.2f} >= {threshold}: waiting", flush=True)
+        time.sleep(30)
+    return os.getloadavg()[0]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=5)
@@ -201,6 +228,15 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--name", default="cpu-int8")
     parser.add_argument("--skip-digits", action="store_true")
+    parser.add_argument(
+        "--work", type=Path, help="Keep exports here and reuse them on the next run (timing only)."
+    )
+    parser.add_argument(
+        "--quiet-load",
+        type=float,
+        default=1.0,
+        help="Before timing, wait (up to 20 min) for the 1-minute load average to fall below this.",
+    )
     args = parser.parse_args()
 
     from resnext_deploy.environment import environment
@@ -209,23 +245,46 @@ def main() -> int:
     started = time.time()
     command = "python benchmarks/int8.py " + " ".join(sys.argv[1:])
     with tempfile.TemporaryDirectory(prefix="int8-bench-") as tmp:
-        work = Path(tmp)
-        print("exporting resnext50_32x4d with int8 ...", flush=True)
-        out, exported, _ = export_rx50(work)
-        q = exported.int8
+        work = args.work or Path(tmp)
+        out = work / "rx50"
+        saved = work / "rx50-int8.json"
+        if args.work and saved.is_file() and (out / "manifest.json").is_file():
+            q = json.loads(saved.read_text())
+        else:
+            print("exporting resnext50_32x4d with int8 ...", flush=True)
+            exported = export_rx50(work)[1]
+            q = exported.int8.to_dict() if exported.int8 else None
+            saved.write_text(json.dumps(q, default=str))
         fp32, int8 = out / "model.onnx", out / "model.int8.onnx"
-        naive = quantize_everything(fp32, work)
+        naive = work / "int8-all.onnx"
+        if not (args.work and naive.is_file()):
+            naive = quantize_everything(fp32, work)
         models = {"fp32": fp32, "int8 (exported)": int8, "int8 (every conv)": naive}
+        load_before = wait_for_quiet(args.quiet_load)
         samples = time_interleaved(models, (1, 8), args.rounds, args.threads)
+        load_after = os.getloadavg()[0]
         profile = profile_rx50(fp32, int8, args.threads)
-        digits = None if args.skip_digits else digits_agreement(work)
+        digits = None
+        if not args.skip_digits:
+            kept = work / "digits.json"
+            if args.work and kept.is_file():
+                digits = json.loads(kept.read_text())
+            else:
+                digits = digits_agreement(work)
+                kept.write_text(json.dumps(digits, default=str))
     data = {
         "command": command,
-        "environment": environment({"cpu_isa": cpu_isa().to_dict(), "threads": args.threads}),
+        "environment": environment(
+            {
+                "cpu_isa": cpu_isa().to_dict(),
+                "threads": args.threads,
+                "load_average_1min": {"before_timing": load_before, "after_timing": load_after},
+            }
+        ),
         "seconds": round(time.time() - started),
         "resnext50": {
             "rows": summarize(samples, "fp32"),
-            "int8_export": q.to_dict() if q else None,
+            "int8_export": q,
             "profile_batch1": profile,
         },
         "digits": digits,
@@ -293,7 +352,8 @@ def markdown(data: dict[str, Any]) -> str:
         "",
         f"## {RX50}, random weights, 224x224",
         "",
-        "Median over rounds of per-round medians; ratio = median of per-round fp32 / model.",
+        "The models alternate call by call; median over rounds of per-round medians; ratio = "
+        "median of the per-round fp32 / model ratios.",
         "",
         "| model | batch | median ms | x fp32 | rounds (ms) |",
         "| --- | ---: | ---: | ---: | --- |",
@@ -332,6 +392,13 @@ def markdown(data: dict[str, Any]) -> str:
             for k in p["kinds"][:10]
         ]
         lines.append("")
+    load = env.get("load_average_1min", {})
+    if load:
+        lines.insert(
+            4,
+            f"1-minute load average {load['before_timing']:.2f} before timing, "
+            f"{load['after_timing']:.2f} after (2 cores, shared with other work).",
+        )
     d = data["digits"]
     if d:
         lines += [

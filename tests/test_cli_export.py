@@ -125,7 +125,7 @@ def test_force_replaces_an_export_and_its_absence_keeps_it(
     shutil.copytree(cli_export, out)
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     args = ("export", tiny_checkpoint, "--arch", TINY, "--out", out, "--batch-sizes", "1")
-    assert_clean_failure(invoke(*args, "--resize", 96), "--force")
+    assert_clean_failure(invoke(*args, "--resize", 96), "allow replacing it (force)")
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
     result = invoke(*args, "--resize", 96, "--force")

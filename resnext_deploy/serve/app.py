@@ -120,7 +120,9 @@ class ModelServer:
         ]
 
     def __del__(self) -> None:
-        self.executor.shutdown(wait=False, cancel_futures=True)
+        executor = getattr(self, "executor", None)  # absent when the constructor failed early
+        if executor is not None:
+            executor.shutdown(wait=False, cancel_futures=True)
 
 
 async def read_body(request: Request, limit: int) -> bytes:

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torchvision
 
-from resnext_deploy.export.manifest import open_artifact
+from resnext_deploy.artifact import open_artifact
 from resnext_deploy.export.pipeline import ExportConfig, export_checkpoint
 from resnext_deploy.models.checkpoint import LoadOptions
 from resnext_deploy.models.registry import build_model
@@ -24,7 +24,7 @@ def test_torchvision_resnext50_exports_with_16_grouped_convs(tmp_path: Path) -> 
     result = export_checkpoint(
         ckpt,
         LoadOptions(arch="resnext50_32x4d"),
-        ExportConfig(tmp_path / "rx50", verify=VerifyConfig(batch_sizes=(1, 3))),
+        ExportConfig(out_dir=tmp_path / "rx50", verify=VerifyConfig(batch_sizes=(1, 3))),
     )
     assert result.convs.by_group == {1: 37, 32: 16}
     assert result.parity.passed
@@ -40,7 +40,7 @@ def test_resnext29_wrapped_checkpoint_with_module_prefix(tmp_path: Path) -> None
     ckpt = tmp_path / "r29.pth"
     torch.save({"state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}, ckpt)
     out = tmp_path / "r29"
-    result = export_checkpoint(ckpt, LoadOptions(arch="resnext29_8x64d"), ExportConfig(out))
+    result = export_checkpoint(ckpt, LoadOptions(arch="resnext29_8x64d"), ExportConfig(out_dir=out))
     assert result.convs.by_group == {1: 22, 8: 9}
     assert result.spec.input_size == 32 and result.spec.resize == 32
     report = verify_artifact(open_artifact(out), VerifyConfig(batch_sizes=(2, 7)))

@@ -157,12 +157,55 @@ def test_int8_agreement_is_recomputed_from_the_two_files(variants) -> None:  # n
     assert reported["top1_agreement"] == pytest.approx(agreement, abs=1e-12)
     assert exported.int8 is not None
     assert exported.int8.top1_agreement == pytest.approx(agreement, abs=1e-12)
-    # The test's power: if int8 agreed on every held-out digit, a measurement of fp32 against
-    # itself (100%) would look the same.
-    assert agreement < 1.0, (
-        "int8 now agrees with fp32 on every held-out digit: this test can no longer tell the real "
-        "measurement from fp32 compared with itself; give it images where the two disagree"
+    # On the trained digits model int8 may agree on every digit, where fp32 measured against
+    # itself would look the same: the next test uses a model where the two do disagree.
+
+
+def test_int8_agreement_is_recomputed_where_int8_and_fp32_disagree(
+    tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The quantized file is made to disagree with fp32 on some images (noise on its classifier's
+    weights after quantization, small enough for the parity gate's cosine), so a report of fp32
+    measured against itself (100%) cannot pass."""
+    from onnx import numpy_helper
+
+    import resnext_deploy.export.quantize as quantize_module
+    from resnext_deploy.data import load_digits
+
+    real_quantize = quantize_module.quantize
+
+    def quantize_then_spoil(prepared: Path, dst: Path, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
+        real_quantize(prepared, dst, *args, **kwargs)
+        model = onnx.load(str(dst))
+        fc = next(n for n in model.graph.node if n.op_type in ("Gemm", "MatMul"))
+        for init in model.graph.initializer:
+            if init.name in fc.input and numpy_helper.to_array(init).ndim == 2:
+                w = numpy_helper.to_array(init)
+                noise = np.random.default_rng(0).standard_normal(w.shape).astype(w.dtype)
+                init.CopyFrom(numpy_helper.from_array(w + 0.18 * w.std() * noise, init.name))
+        onnx.save_model(model, str(dst))
+
+    monkeypatch.setattr(quantize_module, "quantize", quantize_then_spoil)
+    exported = export_checkpoint(
+        tiny_checkpoint,
+        LoadOptions(arch=TINY),
+        ExportConfig(
+            out_dir=tmp_path / "tiny-int8",
+            precisions=(Precision.FP32, Precision.INT8),
+            calibration=CalibrationConfig(source="digits", min_agreement=0.0, max_held_out=200),
+            verify=VerifyConfig(batch_sizes=(1,)),
+        ),
     )
+    reported = json.loads((exported.out_dir / "parity.json").read_text())["int8"]
+    n = reported["held_out_images"]
+    spec = _metadata_spec(exported.out_dir / ONNX_FILE)
+    images = load_digits(int(spec["input_size"]), seed=0).val.images[:n]
+    batch = _normalise_by_hand(images, spec)
+    fp32 = _logits(_plain_session(exported.out_dir / ONNX_FILE), batch)
+    int8 = _logits(_plain_session(exported.out_dir / INT8_FILE), batch)
+    agreement = float((fp32.argmax(1) == int8.argmax(1)).mean())
+    assert agreement < 1.0
+    assert reported["top1_agreement"] == pytest.approx(agreement, abs=1e-12)
 
 
 def test_fp16_runs_the_classifier_and_the_reductions_in_fp32(variants) -> None:  # noqa: ANN001
