@@ -119,7 +119,7 @@ def tuning_specs(ctx: BackendContext, variants: dict[str, CudaOptions]) -> list[
             continue  # a CUDA-provider option; TensorRT sessions refuse it
         name = f"onnxruntime-{ctx.provider.value}[{label}]"
         config = ctx.session_config(options)
-        specs.append(BackendSpec(name, lambda c=config, n=name: _ort(path, c, n)))
+        specs.append(BackendSpec(name, _ort_factory(path, config, name)))
     return specs
 
 
@@ -132,6 +132,10 @@ _NAMES = {
     BenchBackend.OPENVINO_F32: "openvino-f32",
     BenchBackend.OPENVINO_DEFAULT: "openvino-default",
 }
+
+
+def _ort_factory(path: Path, config: SessionConfig, name: str) -> Callable[[], Runner]:
+    return lambda: _ort(path, config, name)
 
 
 def _ort(path: Path, config: SessionConfig, name: str) -> Runner:

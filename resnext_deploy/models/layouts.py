@@ -58,8 +58,8 @@ def convert_layout(
     detected = detect_layout(state)
     if detected != layout:
         raise CheckpointError(
-            f"the checkpoint is not in the {layout!r} layout ({LAYOUTS[layout]}); its keys look "
-            f"like the {detected!r} layout: leave the layout to detection or name {detected!r}"
+            f"the checkpoint is not in the {layout!r} layout ({LAYOUTS[Layout(layout)]}); its keys "
+            f"look like the {detected!r} layout: leave the layout to detection or name {detected!r}"
         )
     return converters[layout](state)
 
