@@ -7,8 +7,8 @@
    to 224 px; the accuracy gate is off because top-1 agreement means nothing on random weights).
    Timed with onnxruntime's CPU provider at batch 1 and 8: fp32, the exported int8 (fp32 layers
    chosen by measured speed), and, for reference, int8 with every convolution quantized. The
-   models alternate call by call (the machine is shared); each figure is the median over rounds
-   of per-round medians, and each ratio the median of the per-round ratios.
+   models take turns in short blocks (the machine is shared); each figure is the median over
+   rounds of per-round medians, and each ratio the median of the per-round ratios.
 2. A profile of fp32 and the exported int8 at batch 1 (time per convolution class).
 3. resnext11_mini trained on the digits as ``make demo`` trains it (10 epochs, 16 px), exported
    with int8 at the default gate (99%); top-1 agreement with fp32 on the held-out digits,
@@ -34,8 +34,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 RX50 = "resnext50_32x4d"
-CALLS = {1: 40, 8: 12}  # timed calls of each model per round, alternating
-WARMUP = 3
+BLOCK = {1: 10, 8: 3}  # timed calls per turn
+BLOCKS = 4  # turns per model, per round and batch size
+SETTLE = 2  # untimed calls at the start of each turn
 
 
 def export_rx50(work: Path) -> tuple[Path, Any, Any]:
@@ -95,9 +96,10 @@ def quantize_everything(fp32: Path, work: Path) -> Path:
 def time_interleaved(
     models: dict[str, Path], batch_sizes: tuple[int, ...], rounds: int, threads: int
 ) -> dict[str, Any]:
-    """Per round and batch size: one call of each model in turn, ``CALLS[b]`` times, so that the
-    models share the machine's state call by call (it is shared with other work); the round's
-    figure per model is the median of its calls."""
+    """Per round and batch size, the models take turns in short blocks (``BLOCK[b]`` timed calls
+    after ``SETTLE`` untimed ones, ``BLOCKS`` turns each), so that they share the machine's state
+    (it is shared with other work) without timing one session while another's idle threads still
+    spin. The round's figure per model is the median of its timed calls."""
     from resnext_deploy.runtime.ort import OrtRunner
     from resnext_deploy.runtime.providers import SessionConfig
     from resnext_deploy.timing import summarize as stats_of
@@ -110,16 +112,16 @@ def time_interleaved(
     for r in range(rounds):
         for b in batch_sizes:
             bound = {name: runner.bind(batches[b]) for name, runner in runners.items()}
-            for call in bound.values():
-                for _ in range(WARMUP):
-                    call.run()
             times: dict[str, list[float]] = {name: [] for name in runners}
-            for _ in range(CALLS.get(b, 10)):
+            for _ in range(BLOCKS):
                 for name, call in bound.items():
-                    t0 = time.perf_counter()
-                    call.run()
-                    runners[name].sync()
-                    times[name].append(time.perf_counter() - t0)
+                    for _ in range(SETTLE):
+                        call.run()
+                    for _ in range(BLOCK.get(b, 5)):
+                        t0 = time.perf_counter()
+                        call.run()
+                        runners[name].sync()
+                        times[name].append(time.perf_counter() - t0)
             for name in runners:
                 p50 = stats_of(times[name], b).p50_ms
                 samples[name][b].append(p50)
@@ -352,7 +354,7 @@ def markdown(data: dict[str, Any]) -> str:
         "",
         f"## {RX50}, random weights, 224x224",
         "",
-        "The models alternate call by call; median over rounds of per-round medians; ratio = "
+        "The models take turns in short blocks; median over rounds of per-round medians; ratio = "
         "median of the per-round fp32 / model ratios.",
         "",
         "| model | batch | median ms | x fp32 | rounds (ms) |",

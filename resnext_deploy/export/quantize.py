@@ -48,6 +48,7 @@ QUANTIZABLE = ("Conv", "Gemm")
 # beyond it the "int8" model is mostly fp32 and the export is refused instead.
 MAX_FP32_SHARE = 0.5
 SPEED_MARGIN = 0.1
+SPEED_FLOOR_MS = 0.05
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -82,9 +83,10 @@ class ClassSpeed:
 
     @property
     def int8_slower(self) -> bool:
-        """Slower by more than :data:`SPEED_MARGIN`: closer than that is profiler noise, and
-        int8 wins the tie (smaller file)."""
-        return self.int8_ms > self.fp32_ms * (1 + SPEED_MARGIN)
+        """Slower by more than :data:`SPEED_MARGIN` and :data:`SPEED_FLOOR_MS`: closer than that
+        is profiler noise, and int8 wins the tie (smaller file)."""
+        excess = self.int8_ms - self.fp32_ms
+        return excess > self.fp32_ms * SPEED_MARGIN and excess > SPEED_FLOOR_MS
 
 
 @dataclass(frozen=True)

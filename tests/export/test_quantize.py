@@ -198,3 +198,12 @@ def test_cpu_isa_from_cpuinfo_and_the_int8_warning() -> None:
     assert any("no VNNI" in w for w in int8_warnings(zen3, fp32_ms=10.0, int8_ms=8.0))
     assert any("not faster" in w for w in int8_warnings(sapphire, fp32_ms=10.0, int8_ms=12.0))
     assert int8_warnings(CpuIsa(model="x", avx2=True, vnni=True), 10.0, 5.0) == ()
+
+
+def test_a_class_stays_fp32_only_when_int8_is_clearly_slower() -> None:
+    from resnext_deploy.export.quantize import ClassSpeed
+
+    assert ClassSpeed("group=8 3x3", 3, fp32_ms=0.58, int8_ms=1.76).int8_slower
+    assert not ClassSpeed("group=1 3x3", 1, fp32_ms=0.08, int8_ms=0.10).int8_slower  # noise
+    assert not ClassSpeed("group=1 1x1", 36, fp32_ms=10.0, int8_ms=10.5).int8_slower  # within 10%
+    assert not ClassSpeed("group=1 1x1", 36, fp32_ms=3506.8, int8_ms=1850.1).int8_slower
