@@ -32,6 +32,7 @@ class BenchBackend(StrEnum):
     ONNXRUNTIME_FP16 = "onnxruntime-fp16"
     ONNXRUNTIME_INT8 = "onnxruntime-int8"
     COMPILE = "compile"
+    COMPILE_AMP = "compile-amp"
     OPENVINO_F32 = "openvino-f32"
     OPENVINO_DEFAULT = "openvino-default"
 
@@ -52,8 +53,8 @@ DEFAULT_BACKENDS = (
     BenchBackend.ONNXRUNTIME,
 )
 PEER_BACKENDS = (BenchBackend.COMPILE, BenchBackend.OPENVINO_F32, BenchBackend.OPENVINO_DEFAULT)
-CPU_ONLY_BACKENDS = (*PEER_BACKENDS,)
-GPU_ONLY_BACKENDS = (BenchBackend.EAGER_AMP,)
+CPU_ONLY_BACKENDS = (BenchBackend.OPENVINO_F32, BenchBackend.OPENVINO_DEFAULT)
+GPU_ONLY_BACKENDS = (BenchBackend.EAGER_AMP, BenchBackend.COMPILE_AMP)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -129,6 +130,7 @@ _NAMES = {
     BenchBackend.TORCHSCRIPT: "torchscript",
     BenchBackend.TORCHSCRIPT_OPT: "torchscript-optimized",
     BenchBackend.COMPILE: "torch-compile",
+    BenchBackend.COMPILE_AMP: "torch-compile-amp",
     BenchBackend.OPENVINO_F32: "openvino-f32",
     BenchBackend.OPENVINO_DEFAULT: "openvino-default",
 }
@@ -145,8 +147,10 @@ def _ort(path: Path, config: SessionConfig, name: str) -> Runner:
 
 
 def _torch_or_peer(kind: BenchBackend, ctx: BackendContext) -> Runner:
-    from resnext_deploy.runtime.torch_runners import EagerRunner, TorchScriptRunner
+    from resnext_deploy.runtime.torch_runners import CompileRunner, EagerRunner, TorchScriptRunner
 
+    if kind in (BenchBackend.COMPILE, BenchBackend.COMPILE_AMP):
+        return CompileRunner(ctx.model, device=ctx.device, amp=kind is BenchBackend.COMPILE_AMP)
     if kind in (BenchBackend.EAGER, BenchBackend.EAGER_AMP):
         return EagerRunner(ctx.model, device=ctx.device, amp=kind is BenchBackend.EAGER_AMP)
     if kind in (BenchBackend.TORCHSCRIPT, BenchBackend.TORCHSCRIPT_OPT):
@@ -155,9 +159,7 @@ def _torch_or_peer(kind: BenchBackend, ctx: BackendContext) -> Runner:
             optimize=kind is BenchBackend.TORCHSCRIPT_OPT,
             device=ctx.device,
         )
-    from resnext_deploy.runtime.peers import CompileRunner, OpenVinoRunner
+    from resnext_deploy.runtime.peers import OpenVinoRunner
 
-    if kind is BenchBackend.COMPILE:
-        return CompileRunner(ctx.model)
     precision = "f32" if kind is BenchBackend.OPENVINO_F32 else "default"
     return OpenVinoRunner(ctx.export_dir / Variant.FP32.file, precision, ctx.threads)

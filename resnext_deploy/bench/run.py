@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from resnext_deploy.artifact import Precision, Variant
 from resnext_deploy.bench.backends import (
     DEFAULT_BACKENDS,
     BackendContext,
@@ -117,7 +118,7 @@ def run_benchmark(
     torch.set_num_threads(threads)
     batch_sizes = config.resolved_batch_sizes()
     with tempfile.TemporaryDirectory(prefix="resnext-bench-") as tmp:
-        eager, spec, folder = _resolve(model, checkpoint, Path(tmp), progress)
+        eager, spec, folder = _resolve(model, checkpoint, Path(tmp), progress, config.backends)
         from resnext_deploy.models.resnext import count_macs
 
         ctx = BackendContext(
@@ -247,8 +248,25 @@ def _overhead(specs: list[BackendSpec], input_size: int) -> dict[str, Any] | Non
     return result
 
 
+def _precisions(backends: tuple[BenchBackend, ...]) -> tuple[Precision, ...]:
+    """The ONNX variants an architecture name must be exported with for ``backends``. int8 needs
+    calibration images, which a bare architecture name has not: refused with what to do."""
+    variants = {k.variant for k in backends if k.variant is not None}
+    if Variant.INT8 in variants:
+        raise ConfigError(
+            "backend onnxruntime-int8 needs an int8 variant calibrated on images, which an "
+            "architecture name has not: export the model with precision int8 and calibration "
+            "images, then benchmark that export folder"
+        )
+    return (Precision.FP32, *((Precision.FP16,) if Variant.FP16 in variants else ()))
+
+
 def _resolve(
-    model: str, checkpoint: Path | None, tmp: Path, progress: Callable[[str], None] | None
+    model: str,
+    checkpoint: Path | None,
+    tmp: Path,
+    progress: Callable[[str], None] | None,
+    backends: tuple[BenchBackend, ...] = (),
 ) -> tuple[Any, Any, Path]:
     from resnext_deploy.artifact import WEIGHTS_FILE, open_artifact
     from resnext_deploy.models.checkpoint import LoadOptions, load_model, read_checkpoint
@@ -260,6 +278,7 @@ def _resolve(
         eager = build_model(spec.architecture(), spec.num_classes)
         eager.load_state_dict(read_checkpoint(artifact.file(WEIGHTS_FILE)).state_dict)
         return eager.eval(), spec, artifact.path
+    precisions = _precisions(backends)  # before minutes of loading and exporting
     from resnext_deploy.export.pipeline import ExportConfig, export_model
     from resnext_deploy.spec import ModelSpec
     from resnext_deploy.verify import VerifyConfig
@@ -279,7 +298,9 @@ def _resolve(
         eager,
         spec,
         ExportConfig(
-            out_dir=tmp / "model", verify=VerifyConfig(batch_sizes=(1, 2), auto_cuda=False)
+            out_dir=tmp / "model",
+            verify=VerifyConfig(batch_sizes=(1, 2), auto_cuda=False),
+            precisions=precisions,
         ),
     )
     return eager, spec, tmp / "model"

@@ -11,8 +11,8 @@ CUDA graphs (``CudaOptions.enable_cuda_graph``): a captured graph replays the bu
 was captured with, so an input may only change by being updated in place, and ``run()`` with numpy
 inputs must not be used on such a session. Every batch shape therefore gets one binding with fixed
 input and output buffers, kept for the runner's life, and its own graph in the one session
-(onnxruntime's ``gpu_graph_id`` run option, one id per shape; 0 is reserved and -1 disables
-capture: ``onnxruntime_run_options_config_keys.h``).
+(onnxruntime's ``gpu_graph_id`` run option, one id per shape, counted from 1; 0 is the id a run
+without the option gets, and -1 disables capture: ``onnxruntime_run_options_config_keys.h``).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""Runners for the peers a user could pick instead of onnxruntime: ``torch.compile`` and OpenVINO
-(both CPU-only here; measured side by side by the benchmark)."""
+"""OpenVINO, the CPU peer a user could pick instead of onnxruntime, measured side by side by the
+benchmark (``torch.compile`` is a torch runner: :mod:`resnext_deploy.runtime.torch_runners`)."""
 
 from __future__ import annotations
 
@@ -10,34 +10,6 @@ import numpy as np
 
 from resnext_deploy.errors import ConfigError
 from resnext_deploy.runtime.base import BoundCall, Runner
-
-
-class CompileRunner(Runner):
-    """``torch.compile`` (inductor) with freezing. ``options={"freezing": True}`` is silently
-    ignored in torch 2.14.1, so the inductor config is patched around every call instead.
-    Compiled per input shape (``dynamic=False``): the first call of a new shape compiles."""
-
-    name = "torch-compile"
-
-    def __init__(self, model: Any) -> None:
-        import torch
-        import torch._inductor.config as inductor_config
-
-        self.torch, self.inductor_config = torch, inductor_config
-        torch._dynamo.reset()  # a previous compiled wrapper must not hand us its graphs
-        self.compiled: Any = torch.compile(model.eval(), backend="inductor", dynamic=False)
-
-    def infer(self, batch: np.ndarray) -> np.ndarray:
-        torch = self.torch
-        with self.inductor_config.patch(freezing=True), torch.inference_mode():
-            return self.compiled(torch.from_numpy(np.ascontiguousarray(batch))).numpy()
-
-    def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "device": "cpu", "threads": self.torch.get_num_threads()}
-
-    def close(self) -> None:
-        self.compiled = None
-        self.torch._dynamo.reset()
 
 
 class OpenVinoRunner(Runner):

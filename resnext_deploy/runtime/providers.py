@@ -293,8 +293,10 @@ def create_session(model: str | Path | bytes, config: SessionConfig = SessionCon
                 raise
             failure = _summary(str(exc))
     if failure is not None:
+        reason = _reason(log.text())
+        said = "" if reason.endswith(failure) else reason  # said once is enough
         raise ProviderUnavailableError(
-            f"{wanted} could not start: {failure.rstrip('.')}{_reason(log.text())}"
+            f"{wanted} could not start: {failure.rstrip('.')}{said}{_visible_devices_hint()}"
         )
     session.disable_fallback()  # enable_fallback=0 already did; say it where run() looks
     active = session.get_providers()
@@ -442,11 +444,23 @@ def _reason(log: str) -> str:
 
 # "/onnxruntime_src/.../file.cc:729 void onnxruntime::Fn(Args&) <the message>"
 SOURCE_PREFIX = re.compile(r"^\S+\.(?:cc|h|cpp):\d+ .*?\)\s+")
+# "CUDA failure 100: no CUDA-capable device is detected ; GPU=-1 ; hostname=vm ; file=..."
+CUDA_FAILURE = re.compile(r"(CUDA failure \d+: [^;]*[^;\s])")
+
+
+def _visible_devices_hint() -> str:
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is None:
+        return ""
+    return f" (CUDA_VISIBLE_DEVICES is {visible!r})"
 
 
 def _summary(text: str) -> str:
     # Log lines look like "2026-... [E:onnxruntime:Default, file.cc:123 Fn] ... with error: why".
     line = ANSI_ESCAPE.sub("", text).strip().splitlines()[0] if text.strip() else text
+    cuda = CUDA_FAILURE.search(line)
+    if cuda:  # the CUDA runtime's own words, without onnxruntime's file/line/expression tail
+        return cuda.group(1)
     if "with error: " in line:
         return line.rsplit("with error: ", 1)[1][:300]
     if "] " in line:

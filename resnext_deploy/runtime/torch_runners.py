@@ -19,15 +19,20 @@ from resnext_deploy.spec import ModelSpec
 
 
 def load_torchscript(
-    path: Path, *, optimize: bool = False
+    path: Path, *, optimize: bool = False, device: str = "cpu"
 ) -> tuple[torch.jit.ScriptModule, dict[str, str]]:
-    """Load a saved module and its extra files; ``optimize`` applies ``optimize_for_inference``
-    after loading (torch 2.14 saves an optimized module to a file it cannot load again)."""
+    """Load a saved module and its extra files onto ``device``; ``optimize`` applies
+    ``optimize_for_inference`` after loading (torch 2.14 saves an optimized module to a file it
+    cannot load again).
+
+    The export is frozen: its weights are graph constants, not parameters or buffers, so
+    ``.to(device)`` after loading moves nothing. ``map_location`` is the only way to put them on
+    the device, and it must happen before ``optimize_for_inference`` folds them further."""
     extra = {TORCHSCRIPT_SPEC_EXTRA: "", TORCHSCRIPT_VERSIONS_EXTRA: ""}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # TorchScript's deprecation FutureWarnings
         try:
-            module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+            module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
         except (RuntimeError, ValueError, OSError) as exc:
             raise ArtifactError(f"{path} is not a readable TorchScript file ({exc})") from None
         if optimize:
@@ -43,46 +48,65 @@ def read_torchscript_spec(path: Path) -> ModelSpec:
 
 
 def torch_device(device: str) -> str:
-    """``device`` if PyTorch can use it; raises :class:`ProviderUnavailableError` otherwise."""
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ProviderUnavailableError(
-            "PyTorch sees no CUDA device; the torch backends cannot run on the GPU here"
-        )
+    """``device`` if PyTorch can use it; raises :class:`ProviderUnavailableError` otherwise.
+
+    On CUDA it switches on ``cudnn.benchmark`` (cuDNN times its convolution algorithms per input
+    shape, as onnxruntime's EXHAUSTIVE search does): the torch baselines run at their best."""
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            raise ProviderUnavailableError(
+                "PyTorch sees no CUDA device; the torch backends cannot run on the GPU here"
+            )
+        torch.backends.cudnn.benchmark = True
     return device
+
+
+def cuda_math() -> dict[str, Any]:
+    """The CUDA math settings a torch row ran with (TF32 changes fp32 results and speed)."""
+    return {
+        "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
+        "tf32_conv": bool(torch.backends.cudnn.allow_tf32),
+        "tf32_matmul": bool(torch.backends.cuda.matmul.allow_tf32),
+    }
 
 
 class _TorchRunner(Runner):
     module: Any
     amp: bool = False
+    channels_last: bool = False
+
+    def _to_device(self, batch: np.ndarray) -> torch.Tensor:
+        x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        """One call of the module on a prepared input (the call every method times or runs)."""
+        with torch.inference_mode(), self._autocast():
+            return self.module(x)
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)
-        with torch.inference_mode(), self._autocast():
-            return self.module(x).float().cpu().numpy()
+        return self._forward(self._to_device(batch)).float().cpu().numpy()
 
     def _autocast(self) -> Any:
         return torch.autocast("cuda", dtype=torch.float16, enabled=self.amp)
 
     def bind(self, batch: np.ndarray) -> BoundCall:
-        x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)
-        module = self.module
+        x = self._to_device(batch)
         last: list[torch.Tensor] = []
 
         def run() -> None:
-            with torch.inference_mode(), self._autocast():
-                last[:] = [module(x)]
+            last[:] = [self._forward(x)]
 
         return BoundCall(run, lambda: last[0].float().cpu().numpy())
 
     def bind_end_to_end(self, batch: np.ndarray) -> BoundCall | None:
         if self.device == "cpu":
             return None
-        module, device = self.module, self.device
+        host = np.array(batch, order="C", copy=True)
         last: list[np.ndarray] = []
 
-        def run() -> None:
-            with torch.inference_mode(), self._autocast():
-                last[:] = [module(torch.from_numpy(batch).to(device)).float().cpu().numpy()]
+        def run() -> None:  # the host->device copy and layout change are part of end-to-end
+            last[:] = [self._forward(self._to_device(host)).float().cpu().numpy()]
 
         return BoundCall(run, lambda: last[0])
 
@@ -108,6 +132,9 @@ class _TorchRunner(Runner):
         info["threads"] = torch.get_num_threads()
         if self.amp:
             info["autocast"] = "float16"
+        if self.device == "cuda":
+            info["channels_last"] = self.channels_last
+            info.update(cuda_math())
         return info
 
     def close(self) -> None:
@@ -118,17 +145,32 @@ class _TorchRunner(Runner):
 
 class EagerRunner(_TorchRunner):
     """The reference: the PyTorch module itself, in eval mode. ``amp`` runs it under CUDA
-    autocast (float16), PyTorch's own mixed-precision inference."""
+    autocast (float16), PyTorch's own mixed-precision inference. On CUDA it runs as its users
+    would at their best: weights and inputs in ``channels_last`` (NHWC tensor-core kernels; the
+    default on CUDA, ``channels_last`` chooses) with ``cudnn.benchmark`` on; TF32 convolutions
+    are torch's default and are reported per row."""
 
     def __init__(
-        self, model: nn.Module, name: str | None = None, device: str = "cpu", amp: bool = False
+        self,
+        model: nn.Module,
+        name: str | None = None,
+        device: str = "cpu",
+        amp: bool = False,
+        channels_last: bool | None = None,
     ) -> None:
         self.device = torch_device(device)
         if amp and self.device != "cuda":
             raise ProviderUnavailableError("autocast (AMP) eager inference needs a CUDA device")
         self.amp = amp
-        # A copy on the GPU: moving the caller's model would move it for every other user.
-        self.module = model.eval() if self.device == "cpu" else copy.deepcopy(model).eval().cuda()
+        self.channels_last = self.device == "cuda" if channels_last is None else channels_last
+        if self.device == "cpu" and not self.channels_last:
+            self.module = model.eval()
+        else:
+            # A copy: moving or re-laying out the caller's model would change it for every user.
+            module = copy.deepcopy(model).eval().to(self.device)
+            if self.channels_last:
+                module = module.to(memory_format=torch.channels_last)
+            self.module = module
         self.name = name or ("torch-eager-amp" if amp else "torch-eager")
 
 
@@ -138,6 +180,47 @@ class TorchScriptRunner(_TorchRunner):
 
     def __init__(self, path: Path, optimize: bool = False, device: str = "cpu") -> None:
         self.device = torch_device(device)
-        module, _ = load_torchscript(path, optimize=optimize)
-        self.module = module.to(self.device)
+        self.module, _ = load_torchscript(path, optimize=optimize, device=self.device)
         self.name = "torchscript-optimized" if optimize else "torchscript"
+
+
+class CompileRunner(_TorchRunner):
+    """``torch.compile`` (inductor) with freezing, compiled per input shape (``dynamic=False``:
+    the first call of a new shape compiles). ``options={"freezing": True}`` is silently ignored
+    in torch 2.14.1, so the inductor config is patched around every call instead. On CUDA it
+    runs as PyTorch users would at their best: ``channels_last``, ``cudnn.benchmark`` and mode
+    ``reduce-overhead`` (CUDA graphs, the counterpart of onnxruntime's); ``amp`` adds float16
+    autocast."""
+
+    def __init__(
+        self, model: nn.Module, device: str = "cpu", amp: bool = False, mode: str | None = None
+    ) -> None:
+        import torch._inductor.config as inductor_config
+
+        self.device = torch_device(device)
+        if amp and self.device != "cuda":
+            raise ProviderUnavailableError("autocast (AMP) compiled inference needs a CUDA device")
+        self.amp = amp
+        self.channels_last = self.device == "cuda"
+        self.mode = mode or ("reduce-overhead" if self.device == "cuda" else "default")
+        self._inductor = inductor_config
+        torch._dynamo.reset()  # a previous compiled wrapper must not hand us its graphs
+        module = model.eval() if self.device == "cpu" else copy.deepcopy(model).eval().cuda()
+        if self.channels_last:
+            module = module.to(memory_format=torch.channels_last)
+        self.module = torch.compile(module, backend="inductor", dynamic=False, mode=self.mode)
+        self.name = "torch-compile-amp" if amp else "torch-compile"
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mode == "reduce-overhead":
+            # a new inference step: the previous replay's outputs may be overwritten
+            torch.compiler.cudagraph_mark_step_begin()
+        with self._inductor.patch(freezing=True):
+            return super()._forward(x)
+
+    def describe(self) -> dict[str, Any]:
+        return super().describe() | {"compile_mode": self.mode, "freezing": True}
+
+    def close(self) -> None:
+        super().close()
+        torch._dynamo.reset()

@@ -352,3 +352,35 @@ def test_bench_on_cuda_binds_io_on_the_device(cuda_or_skip: None) -> None:
     assert described["placement"]["ok"]
     cuda_options = described["provider_options"]["CUDAExecutionProvider"]
     assert cuda_options["cudnn_conv_algo_search"] == "EXHAUSTIVE"
+
+
+# What onnxruntime-gpu 1.31.1 raised on an H200 machine run with CUDA_VISIBLE_DEVICES= (the GPU
+# proof, benchmarks/results/gpu-h200-proof.json): the CUDA runtime's reason sits in the middle.
+NO_DEVICE = (
+    '[ONNXRuntimeError] : 1 : FAIL : provider_options_utils.h:187 Parse Failed to parse provider '
+    'option "device_id": CUDA failure 100: no CUDA-capable device is detected ; GPU=-1 ; '
+    "hostname=vm ; file=/onnxruntime_src/onnxruntime/core/providers/cuda/"
+    "cuda_execution_provider_info.cc ; line=70 ; expr=cudaGetDeviceCount(&num_devices); "
+)
+
+
+class NoDeviceSession(FakeSession):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        import sys
+
+        sys.stderr.write(f"\x1b[1;31m2026-12-04 [E:onnxruntime:Default, x.cc:1 F] {NO_DEVICE}\n")
+        raise ort_c.Fail(NO_DEVICE)
+
+
+def test_no_visible_gpu_is_said_once_in_the_cuda_runtimes_words(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(ort, "InferenceSession", NoDeviceSession)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    with pytest.raises(ProviderUnavailableError) as info:
+        create_session(tiny_resnext_onnx(), SessionConfig(provider=Provider.CUDA))
+    message = str(info.value)
+    assert message == (
+        "CUDAExecutionProvider could not start: CUDA failure 100: no CUDA-capable device is "
+        "detected (CUDA_VISIBLE_DEVICES is '')"
+    )

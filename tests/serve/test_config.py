@@ -9,12 +9,13 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 from resnext_deploy.artifact import Variant
 from resnext_deploy.errors import ConfigError
 from resnext_deploy.runtime.providers import Provider
 from resnext_deploy.serve.config import IMPORT_PATH, ServeConfig
+
+yaml = pytest.importorskip("yaml", reason="the serve tests need the [test] extra")
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "resnext_deploy"

@@ -7,7 +7,6 @@ import json
 
 import numpy as np
 import pytest
-import tritonclient.http as triton
 
 from resnext_deploy.serve.protocol import (
     InferRequest,
@@ -17,6 +16,8 @@ from resnext_deploy.serve.protocol import (
     parse_infer_request,
     serialize_bytes,
 )
+
+triton = pytest.importorskip("tritonclient.http", reason="the serve tests need the [test] extra")
 
 INPUT = TensorSpec("input", "FP32", (-1, 3, 4, 4))
 IMAGE = TensorSpec("image", "UINT8", (-1, 4, 4, 3))

@@ -23,12 +23,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import tritonclient.http as triton
 from PIL import Image
-from tritonclient.utils import InferenceServerException
 
 from resnext_deploy.predict import Classifier, predict_paths, softmax
 from resnext_deploy.preprocess import preprocess
+
+triton = pytest.importorskip("tritonclient.http", reason="the serve tests need the [test] extra")
+InferenceServerException = pytest.importorskip("tritonclient.utils").InferenceServerException
 
 MODEL = "resnext14_8x4d"
 START_TIMEOUT_S = 240
