@@ -14,6 +14,8 @@
 #   probe       benchmarks/gpu_probe.py: options stick, placement, IO binding, CUDA-graph replay
 #   verify      verify --provider cpu --provider P (CUDA: fp32 with TF32 off, fp16 on the GPU)
 #   no-gpu      predict --provider cuda with CUDA_VISIBLE_DEVICES= must exit 1, stdout empty
+#   torch-free  predict --provider cuda with no LD_LIBRARY_PATH: it never imports torch, so it
+#               must find CUDA's libraries itself (the nvidia-* wheels on sys.path)
 #   bench       eager and AMP (channels_last, cudnn.benchmark), TorchScript, onnxruntime fp32
 #               and fp16, with --tune (CUDA options one at a time, CUDA graphs among them)
 #   bench-best  each at its best, side by side in one run: eager AMP (channels_last,
@@ -146,6 +148,21 @@ no_gpu() {
   [ $rc -eq 1 ] && [ ! -s "$out/no-gpu.stdout" ] && grep -q CUDAExecutionProvider "$out/no-gpu.stderr"
 }
 
+# predict on the GPU without the loader path: torch-free, it must find cuBLAS/cuDNN itself
+torch_free() {
+  make_image || return 2
+  [ "$provider" = cuda ] || { echo "the CUDA libraries matter on CUDA only: skipped"; return 0; }
+  env -u LD_LIBRARY_PATH "$py" -c '
+import runpy, sys
+sys.argv = ["resnext-deploy", "predict", sys.argv[1], sys.argv[2], "--provider", "cuda",
+            "--format", "json"]
+try:
+    runpy.run_module("resnext_deploy", run_name="__main__")
+finally:
+    sys.stderr.write("torch imported: %s\n" % ("torch" in sys.modules))
+' "$model" "$out/photo.png"
+}
+
 # shellcheck disable=SC2089,SC2090 # word-split on purpose (an array cannot be exported)
 bench_common="--batch-sizes $sizes --out $out/bench --warmup 3 --min-time 0.5 --max-time 5"
 
@@ -189,7 +206,7 @@ run_tests() {
 }
 
 export provider arch out model sizes archive tests py bench_common only
-export -f rd machine make_checkpoint make_image no_gpu bench_main bench_best bench_trt run_tests
+export -f rd machine make_checkpoint make_image no_gpu torch_free bench_main bench_best bench_trt run_tests
 
 step machine 60 machine
 step doctor 120 rd doctor --provider "$provider" --json
@@ -199,6 +216,7 @@ verify_providers="--provider cpu"
 [ "$provider" = cpu ] || verify_providers="$verify_providers --provider $provider"
 step verify 240 rd verify "$model" $verify_providers --json
 step no-gpu 60 no_gpu
+step torch-free 60 torch_free
 step bench 420 bench_main
 step bench-best 360 bench_best
 step tensorrt 300 bench_trt

@@ -1,5 +1,6 @@
 """The public Python API in one place (imports torch; the torch-free path is
-:mod:`resnext_deploy.predict`, :mod:`resnext_deploy.artifact` and :mod:`resnext_deploy.runtime.ort`).
+:mod:`resnext_deploy.predict`, :mod:`resnext_deploy.artifact` and
+:mod:`resnext_deploy.runtime.ort`).
 """
 
 from resnext_deploy.artifact import (

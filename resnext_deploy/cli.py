@@ -563,8 +563,8 @@ def bench(
     tune: Annotated[
         bool,
         typer.Option(
-            help="Sweep CUDA provider options (one change at a time) "
-            "and name the best per batch size."
+            help="Sweep provider options one change at a time (CUDA's; on tensorrt, TensorRT's "
+            "own) and name the best per batch size."
         ),
     ] = False,
     algo_search: Annotated[
@@ -661,6 +661,7 @@ def bench(
             batch_sizes=config.resolved_batch_sizes(),
             provider=provider,
             threads=threads,
+            tensorrt=config.tensorrt,
         )
         with err.status("profiling onnxruntime ..."):
             profiled = profile_bench_model(model, where, checkpoint)

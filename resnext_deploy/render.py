@@ -293,15 +293,20 @@ def print_bench(console: Console, report: BenchReport) -> None:
     placed = [d for d in report.backends if "placement" in d]
     print_placements(console, {d["name"]: Placement.from_dict(d["placement"]) for d in placed})
     for d in report.backends:
-        build = d.get("session_build") or {}
-        if build.get("cache_dir"):  # TensorRT: the engine is built with the session
-            how = "loaded from its cache" if build.get("from_cache") else "built"
-            console.print(
-                f"{escape(d['name'])}: engine {how} in {build['seconds']:.1f} s when the session "
-                "was created (not part of the first-call times); cache: "
-                + escape(build["cache_dir"]),
-                highlight=False,
-            )
+        for engine in d.get("engines") or [d]:  # TensorRT on a GPU: one engine per batch size
+            build = engine.get("session_build") or {}
+            if build.get("cache_dir"):  # TensorRT: the engine is built with the session
+                how = "loaded from its cache" if build.get("from_cache") else "built"
+                size = f" (batch {engine['batch_size']})" if "batch_size" in engine else ""
+                console.print(
+                    f"{escape(d['name'])}{size}: engine {how} in {build['seconds']:.1f} s when "
+                    "the session was created (not part of the first-call times); cache: "
+                    + escape(build["cache_dir"]),
+                    highlight=False,
+                )
+    for backend, rows in report.engine_profiles().items():
+        each = ", ".join(f"{b}: {p.min_batch}/{p.opt_batch}/{p.max_batch}" for b, p in rows.items())
+        console.print(f"{escape(backend)} engine profile per batch (min/opt/max) {each}")
 
 
 def placement_line(name: str, placement: Placement) -> str:
@@ -450,6 +455,12 @@ def print_profile(console: Console, report: Any) -> None:
         console.print(table)
         top = ", ".join(f"{n.name} ({n.kind}) {n.ms:.2f} ms" for n in prof.top(min(report.top, 5)))
         console.print(f"top nodes: {top}", highlight=False)
+        if prof.unmapped:
+            console.print(
+                f"not mapped to ONNX nodes: {len(prof.unmapped)} (TensorRT engines hide their "
+                "layers)",
+                highlight=False,
+            )
     if report.comparisons:
         table = Table(title="Convolutions: int8 vs fp32 (per class, all nodes of it)")
         for col in ("class", "batch", "fp32 ms", "int8 ms", "int8 speed-up"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,10 +18,12 @@ from typer.testing import CliRunner
 
 from resnext_deploy.cli import app
 from resnext_deploy.doctor import CheckStatus, run_doctor, system
+from resnext_deploy.doctor.packages import one_package_check
 from resnext_deploy.doctor.smoke import tiny_resnext_onnx
 from resnext_deploy.runtime.ort import OrtRunner
 from resnext_deploy.runtime.providers import Provider
 from tests.conftest import has_cuda
+from tests.site_layouts import fake_distribution, onnxruntime_apart, run_torch_free
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -133,3 +136,73 @@ def test_cpu_features_are_read_and_explained(tmp_path: Path) -> None:
     checks = {c.name: c for c in system.cpu_checks(str(path))}
     assert "no VNNI" in checks["int8"].detail and "no bf16" in checks["bf16"].detail
     assert "AVX-512" in checks["ISA"].detail.split("not present:")[1]
+
+
+def test_doctor_names_each_cuda_library_and_where_it_was_found(tmp_path: Path) -> None:
+    """onnxruntime installed apart from the nvidia-* wheels (``pip --target``), torch never
+    imported: the libraries are still found in the wheels further down sys.path, and each row
+    says where; TensorRT's (its ONNX parser included) are named as missing."""
+    from resnext_deploy.runtime.cuda_libs import wheel_folders
+
+    wheels = [str(f) for f in wheel_folders()]
+    if not any(Path(f, "libcurand.so.10").is_file() for f in wheels):
+        pytest.skip("no nvidia-* wheels with cuRAND on sys.path to find")
+    site = onnxruntime_apart(tmp_path / "target")
+    code = (
+        "import json; from resnext_deploy.doctor import system; "
+        "from resnext_deploy.runtime.providers import Provider; "
+        "print(json.dumps([c.to_dict() for c in system.cuda_library_checks(Provider.CUDA)]))"
+    )
+    checks = {c["name"]: c for c in run_torch_free(f"import sys\n{code}", site)}
+    for label in ("CUDA runtime", "cuBLASLt", "cuBLAS", "cuRAND", "cuDNN"):
+        assert checks[label]["status"] == "PASS", checks[label]
+        assert str(Path(checks[label]["data"]["path"]).parent) in wheels
+        assert checks[label]["data"]["source"] == "python package"
+        assert checks[label]["data"]["path"] in checks[label]["detail"]
+    parser = checks["TensorRT ONNX parser"]
+    if parser["status"] != "PASS":
+        assert parser["status"] == "SKIP" and "libnvonnxparser.so.10" in parser["detail"]
+    summary = checks["libraries"]
+    assert summary["status"] == "PASS" and summary["data"]["searched"] == wheels
+
+
+def test_an_onnxruntime_shadowed_elsewhere_on_the_path_passes(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A CPU onnxruntime in a folder later on sys.path (a system site-packages) is harmless."""
+    other = tmp_path / "system-site-packages"
+    fake_distribution(other, "onnxruntime", "1.30.0")
+    monkeypatch.setattr(sys, "path", [*sys.path, str(other)])
+    row = next(c for c in system.onnxruntime_checks(Provider.CPU) if c.name == "one package")
+    assert row.status is CheckStatus.PASS, row.detail
+    imported = os.path.realpath(Path(ort.__file__).parent.parent)
+    assert f"imported: {ort.package_name} {ort.__version__} in {imported}" in row.detail
+    assert f"onnxruntime 1.30.0 in {other}" in row.detail.split("not imported")[1]
+    assert row.data["imported_from"] == imported
+
+
+def test_two_onnxruntimes_in_one_folder_fail_naming_the_folder(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    both = tmp_path / "site-packages"
+    fake_distribution(both, "onnxruntime", "1.30.0")
+    fake_distribution(both, "onnxruntime-gpu", "1.31.1")
+    monkeypatch.setattr(sys, "path", [*sys.path, str(both)])
+    row = next(c for c in system.onnxruntime_checks(Provider.CPU) if c.name == "one package")
+    assert row.status is CheckStatus.FAIL
+    assert f"onnxruntime 1.30.0 and onnxruntime-gpu 1.31.1 share {both}: each writes" in row.detail
+    assert row.data["shared_folders"] == [str(both)]
+
+
+def test_the_package_check_names_the_imported_one_among_several_folders(tmp_path: Path) -> None:
+    first, second = tmp_path / "target", tmp_path / "site-packages"
+    fake_distribution(first, "onnxruntime-gpu", "1.31.1")
+    fake_distribution(second, "onnxruntime", "1.30.0")
+    check = one_package_check([str(first), str(second)], imported=str(first))
+    assert check.status is CheckStatus.PASS
+    assert check.detail == (
+        f"imported: onnxruntime-gpu 1.31.1 in {first}; not imported (elsewhere on sys.path, so "
+        f"harmless): onnxruntime 1.30.0 in {second}"
+    )
+    fake_distribution(first, "onnxruntime", "1.30.0")
+    assert one_package_check([str(first), str(second)], str(first)).status is CheckStatus.FAIL

@@ -2,12 +2,14 @@
 
 Every backend is a runner of the one runtime family (:mod:`resnext_deploy.runtime`); the
 benchmark only chooses which runners to build, with what options, on which files of an export.
+TensorRT tunes its kernels for the profile's opt shape, so an onnxruntime backend on TensorRT
+is built once per batch size, with an engine for that size alone (:attr:`BackendSpec.per_batch`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -84,10 +86,22 @@ class BackendContext:
 @dataclass(frozen=True)
 class BackendSpec:
     """A backend to measure: its report name and how to build its runner (built lazily, so that
-    on a GPU only one backend's memory is alive at a time)."""
+    on a GPU only one backend's memory is alive at a time). With ``build_for_batch`` each batch
+    size is measured with a runner of its own (TensorRT: an engine tuned for that size)."""
 
     name: str
     build: Callable[[], Runner]
+    build_for_batch: Callable[[int], Runner] | None = None
+
+    @property
+    def per_batch(self) -> bool:
+        return self.build_for_batch is not None
+
+    def runner_for(self, batch_size: int) -> Runner:
+        """The runner that measures ``batch_size``."""
+        if self.build_for_batch is not None:
+            return self.build_for_batch(batch_size)
+        return self.build()
 
 
 def backend_spec(kind: BenchBackend, ctx: BackendContext) -> BackendSpec:
@@ -105,23 +119,36 @@ def backend_spec(kind: BenchBackend, ctx: BackendContext) -> BackendSpec:
                 f"{path} is missing"
             )
         name = f"onnxruntime-{ctx.provider.value}{variant.suffix}"
-        config = ctx.session_config()
-        return BackendSpec(name, lambda: _ort(path, config, name))
+        return _ort_spec(path, ctx.session_config(), name)
     return BackendSpec(_NAMES[kind], lambda: _torch_or_peer(kind, ctx))
 
 
-def tuning_specs(ctx: BackendContext, variants: dict[str, CudaOptions]) -> list[BackendSpec]:
-    """The fp32 onnxruntime backend once per provider-option variant, named by the provider it
-    really runs on (``onnxruntime-tensorrt[...]`` for TensorRT)."""
+def tuning_specs(
+    ctx: BackendContext, variants: Mapping[str, CudaOptions] | Mapping[str, TensorRTOptions]
+) -> list[BackendSpec]:
+    """The fp32 onnxruntime backend once per option variant, named by the provider it runs on.
+
+    Raises :class:`ConfigError` for CUDA-provider variants on TensorRT: every node runs inside
+    TensorRT's engine, so they would time the same engine again under other names.
+    """
     path = ctx.export_dir / Variant.FP32.file
     specs = []
     for label, options in variants.items():
-        if ctx.provider is Provider.TENSORRT and options.enable_cuda_graph:
-            continue  # a CUDA-provider option; TensorRT sessions refuse it
         name = f"onnxruntime-{ctx.provider.value}[{label}]"
-        config = ctx.session_config(options)
-        specs.append(BackendSpec(name, _ort_factory(path, config, name)))
+        specs.append(_ort_spec(path, _tuned_config(ctx, options), name))
     return specs
+
+
+def _tuned_config(ctx: BackendContext, options: CudaOptions | TensorRTOptions) -> SessionConfig:
+    tensorrt = ctx.provider is Provider.TENSORRT
+    if isinstance(options, TensorRTOptions) and tensorrt:
+        return replace(ctx.session_config(), tensorrt=options)
+    if isinstance(options, CudaOptions) and not tensorrt:
+        return ctx.session_config(options)
+    raise ConfigError(
+        f"{type(options).__name__} variants do not tune the {ctx.provider.value} provider: "
+        "TensorRT is tuned with TensorRT's options (tensorrt_tuning_variants), CUDA with CUDA's"
+    )
 
 
 _NAMES = {
@@ -136,8 +163,19 @@ _NAMES = {
 }
 
 
-def _ort_factory(path: Path, config: SessionConfig, name: str) -> Callable[[], Runner]:
-    return lambda: _ort(path, config, name)
+def _ort_spec(path: Path, config: SessionConfig, name: str) -> BackendSpec:
+    """An onnxruntime backend; on TensorRT, one engine per batch size (min = opt = max)."""
+
+    def build() -> Runner:
+        return _ort(path, config, name)
+
+    if config.provider is not Provider.TENSORRT:
+        return BackendSpec(name, build)
+
+    def build_for_batch(batch_size: int) -> Runner:
+        return _ort(path, replace(config, tensorrt=config.tensorrt.for_batch(batch_size)), name)
+
+    return BackendSpec(name, build, build_for_batch)
 
 
 def _ort(path: Path, config: SessionConfig, name: str) -> Runner:

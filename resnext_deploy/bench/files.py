@@ -63,11 +63,15 @@ def to_csv(report: BenchReport) -> str:
             "peak_rss_mb",
             "device_memory_mb",
             "device_memory_scope",
+            "engine_min_batch",
+            "engine_opt_batch",
+            "engine_max_batch",
             "error",
         ]
     )
     for m in report.results:
         s = m.stats.to_dict() if m.stats else {}
+        p = m.engine_profile
         writer.writerow(
             [
                 report.model,
@@ -84,6 +88,7 @@ def to_csv(report: BenchReport) -> str:
                 _num(m.peak_rss_mb),
                 _num(m.device_memory_mb),
                 m.device_memory_scope or "",
+                *((p.min_batch, p.opt_batch, p.max_batch) if p else ("", "", "")),
                 m.error,
             ]
         )
@@ -133,6 +138,7 @@ def to_markdown(report: BenchReport, plot_name: str | None = None) -> str:
             f"{speed} | {e2e}{_num(m.first_call_ms, '.1f')} | {m.rss_mb or 0:.0f} |"
         )
     lines.append("")
+    lines += engine_profile_lines(report)
     if report.best:
         best = ", ".join(f"batch {b}: {n}" for b, n in report.best.items())
         lines += [f"Fastest backend per batch size: {best}.", ""]
@@ -165,6 +171,20 @@ def to_markdown(report: BenchReport, plot_name: str | None = None) -> str:
     if plot_name:
         lines += [f"![throughput and latency against batch size]({plot_name})", ""]
     return "\n".join(lines)
+
+
+def engine_profile_lines(report: BenchReport) -> list[str]:
+    """Markdown: which TensorRT optimization profile each row's engine was built for."""
+    profiles = report.engine_profiles()
+    if not profiles:
+        return []
+    lines = ["TensorRT engine of each row, built for batch sizes min/opt/max:"]
+    for backend, rows in profiles.items():
+        each = ", ".join(
+            f"batch {b}: {p.min_batch}/{p.opt_batch}/{p.max_batch}" for b, p in rows.items()
+        )
+        lines.append(f"- {backend}: {each}")
+    return [*lines, ""]
 
 
 def plot(report: BenchReport, path: Path) -> Path:

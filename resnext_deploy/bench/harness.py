@@ -2,7 +2,9 @@
 
 On the CPU every runner stays alive and backends are interleaved within a batch size, so that
 they see the same machine state. On a GPU one runner is alive at a time (backend by backend), so
-that an out-of-memory is the measured backend's own and its memory figure is its own.
+that an out-of-memory is the measured backend's own and its memory figure is its own. A
+per-batch backend (TensorRT) gets a runner of its own at each batch size, and each of its rows
+says which engine profile it ran (:attr:`Measurement.engine_profile`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from resnext_deploy.bench.backends import BackendSpec
 from resnext_deploy.errors import first_line
 from resnext_deploy.runtime.base import Runner
 from resnext_deploy.runtime.providers import CudaOptions
+from resnext_deploy.runtime.tensorrt import TensorRTOptions, TensorRTProfile
 from resnext_deploy.timing import LatencyStats, Timing, measure
 
 OOM_MARKERS = (
@@ -42,7 +45,8 @@ class Status(StrEnum):
 @dataclass(kw_only=True)
 class Measurement:
     """One backend at one batch size. ``stats`` times the pre-bound call (device work on a
-    GPU); ``end_to_end`` adds host<->device copies where there are any."""
+    GPU); ``end_to_end`` adds host<->device copies where there are any. ``engine_profile``: the
+    optimization profile TensorRT built the measured engine for (``None`` for other runners)."""
 
     backend: str
     batch_size: int
@@ -57,6 +61,7 @@ class Measurement:
     # what device_memory_mb covers: allocator-peak (this backend), process, or device
     device_memory_scope: str | None = None
     speedup_vs_eager: float | None = None
+    engine_profile: TensorRTProfile | None = None
     error: str = ""
 
     def to_dict(self) -> dict[str, Any]:
@@ -68,7 +73,7 @@ class Measurement:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Measurement:
         stats, e2e = data.get("stats"), data.get("end_to_end")
-        shape = data.get("output_shape")
+        shape, profile = data.get("output_shape"), data.get("engine_profile")
         return cls(
             backend=str(data["backend"]),
             batch_size=int(data["batch_size"]),
@@ -82,6 +87,7 @@ class Measurement:
             device_memory_mb=data.get("device_memory_mb"),
             device_memory_scope=data.get("device_memory_scope"),
             speedup_vs_eager=data.get("speedup_vs_eager"),
+            engine_profile=TensorRTProfile.from_dict(profile) if profile else None,
             error=str(data.get("error", "")),
         )
 
@@ -110,7 +116,8 @@ def sweep(
 ) -> Sweep:
     """Measure every backend at every batch size. A backend that runs out of memory stops there
     (its larger batch sizes are recorded as skipped); other backends go on. A backend that
-    cannot be built is recorded as an error at every batch size."""
+    cannot be built is recorded as an error at every batch size (a per-batch backend: from the
+    batch size whose runner could not be built)."""
     results: dict[tuple[str, int], Measurement] = {}
     described: dict[str, dict[str, Any]] = {}
     order = (
@@ -119,8 +126,8 @@ def sweep(
         else [(b, spec) for spec in backends for b in batch_sizes]
     )
     stopped: dict[str, str] = {}
-    with ExitStack() as stack:
-        alive: dict[str, Runner] = {}
+    alive = _Alive(one_at_a_time=not interleave)
+    try:
         for b, spec in order:
             if progress:
                 progress(f"{spec.name} batch={b}")
@@ -129,26 +136,68 @@ def sweep(
             if spec.name in stopped:
                 m.status, m.error = Status.SKIPPED, stopped[spec.name]
                 continue
-            if spec.name not in alive:
-                if not interleave:  # one backend alive at a time
-                    stack.close()
-                    alive.clear()
-                try:
-                    alive[spec.name] = stack.enter_context(spec.build())
-                except Exception as exc:  # noqa: BLE001 - recorded, the other backends go on
-                    m.status, m.error = Status.ERROR, first_line(exc)
-                    stopped[spec.name] = f"could not start: {m.error}"
-                    continue
-                described[spec.name] = alive[spec.name].describe()
-            runner = alive[spec.name]
+            try:
+                runner = alive.runner(spec, b)
+            except Exception as exc:  # noqa: BLE001 - recorded, the other backends go on
+                m.status, m.error = Status.ERROR, first_line(exc)
+                stopped[spec.name] = f"could not start: {m.error}"
+                continue
+            m.engine_profile = runner.shape_profile()
             _measure_one(runner, m, make_batch, timing)
             if m.status is not Status.OK:
                 reason = "out-of-memory" if m.status is Status.OOM else "an error"
                 stopped[spec.name] = f"stopped after {reason} at batch {b}"
-            described[spec.name] = runner.describe()
+            described[spec.name] = _described(runner, spec, b, described.get(spec.name))
+    finally:
+        alive.close()
     ordered = [results[(spec.name, b)] for b in batch_sizes for spec in backends]
     _attach_speedups(ordered)
     return Sweep(ordered, [described[s.name] for s in backends if s.name in described])
+
+
+class _Alive:
+    """The runners alive during a sweep, one per backend (a per-batch backend's: the one of the
+    batch size it measures now); with ``one_at_a_time`` (a GPU) one in all."""
+
+    def __init__(self, one_at_a_time: bool) -> None:
+        self.one_at_a_time = one_at_a_time
+        self._held: dict[str, tuple[int | None, Runner]] = {}
+
+    def runner(self, spec: BackendSpec, batch_size: int) -> Runner:
+        """``spec``'s runner for ``batch_size``, built when needed (raises what building does),
+        after closing what must not be alive beside it."""
+        key = batch_size if spec.per_batch else None
+        held = self._held.get(spec.name)
+        if held is not None and held[0] == key:
+            return held[1]
+        if self.one_at_a_time:
+            self.close()
+        elif held is not None:
+            del self._held[spec.name]
+            held[1].close()
+        runner = spec.runner_for(batch_size)
+        self._held[spec.name] = (key, runner)
+        return runner
+
+    def close(self) -> None:
+        """Close every runner (each, even when another's close raises)."""
+        with ExitStack() as stack:
+            for _, runner in self._held.values():
+                stack.callback(runner.close)
+            self._held.clear()
+
+
+def _described(
+    runner: Runner, spec: BackendSpec, batch_size: int, before: dict[str, Any] | None
+) -> dict[str, Any]:
+    """What ``runner`` says it runs; a per-batch backend's also lists each batch size's engine
+    (its profile and session build)."""
+    info = runner.describe()
+    if spec.per_batch:
+        engines = [e for e in (before or {}).get("engines", []) if e["batch_size"] != batch_size]
+        engine = {k: info[k] for k in ("tensorrt", "session_build") if k in info}
+        info["engines"] = [*engines, {"batch_size": batch_size, **engine}]
+    return info
 
 
 def _measure_one(
@@ -333,6 +382,21 @@ def tuning_variants(base: CudaOptions) -> dict[str, CudaOptions]:
         "prefer_nhwc=1": replace(base, prefer_nhwc=True),
         "tf32=0": replace(base, use_tf32=False),
         "cuda_graph=1": replace(base, enable_cuda_graph=True),
+    }
+
+
+def tensorrt_tuning_variants(base: TensorRTOptions) -> dict[str, TensorRTOptions]:
+    """The baseline and TensorRT's own knobs one at a time: precision, the builder's
+    optimization level, its CUDA graph, auxiliary streams. (CUDA provider options do not reach
+    nodes that run inside a TensorRT engine: varying them times the same engine again.)"""
+    level = 5 if base.builder_optimization_level != 5 else 3
+    streams = 0 if base.auxiliary_streams != 0 else -1
+    return {
+        "baseline": base,
+        f"fp16={int(not base.fp16)}": replace(base, fp16=not base.fp16),
+        f"opt_level={level}": replace(base, builder_optimization_level=level),
+        f"cuda_graph={int(not base.cuda_graph)}": replace(base, cuda_graph=not base.cuda_graph),
+        f"aux_streams={streams}": replace(base, auxiliary_streams=streams),
     }
 
 

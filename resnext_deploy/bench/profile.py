@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ from resnext_deploy.artifact import Variant
 from resnext_deploy.errors import ConfigError
 from resnext_deploy.runtime.cpu import CpuIsa, cpu_isa
 from resnext_deploy.runtime.profiling import OrtProfile, profile_model
-from resnext_deploy.runtime.providers import Provider, SessionConfig
+from resnext_deploy.runtime.providers import Provider, SessionConfig, TensorRTOptions
 
 PROFILE_FORMAT = 1
 
@@ -31,6 +31,7 @@ class ProfileConfig:
     batch_sizes: tuple[int, ...] = (1,)
     provider: Provider = Provider.CPU
     threads: int | None = None
+    tensorrt: TensorRTOptions = field(default_factory=TensorRTOptions)
     runs: int = 10
     warmup: int = 3
     top: int = 10
@@ -125,16 +126,20 @@ def compare_convs(fp32: OrtProfile, int8: OrtProfile) -> tuple[ConvComparison, .
 def profile_files(
     files: dict[Variant, Path], input_size: int, config: ProfileConfig, model: str
 ) -> ProfileReport:
-    """Profile each ONNX file at each batch size on seeded standard-normal input."""
-    session = SessionConfig(provider=config.provider, intra_op_threads=config.threads)
+    """Profile each ONNX file at each batch size on seeded standard-normal input (on TensorRT
+    with an engine built for that batch size, as ``bench`` measures it)."""
+    session = SessionConfig(
+        provider=config.provider, intra_op_threads=config.threads, tensorrt=config.tensorrt
+    )
     rng = np.random.default_rng(config.seed)
     profiles = []
     comparisons: list[ConvComparison] = []
     for batch_size in config.batch_sizes:
         batch = rng.standard_normal((batch_size, 3, input_size, input_size), dtype=np.float32)
+        sized = replace(session, tensorrt=config.tensorrt.for_batch(batch_size))
         by_variant = {}
         for variant, path in files.items():
-            result = profile_model(path, batch, session, config.runs, config.warmup)
+            result = profile_model(path, batch, sized, config.runs, config.warmup)
             by_variant[variant] = result
             profiles.append(VariantProfile(variant, result))
         if Variant.FP32 in by_variant and Variant.INT8 in by_variant:
@@ -227,6 +232,14 @@ def profile_markdown(report: ProfileReport) -> str:
         lines += [f"| {k.kind} | {k.nodes} | {k.ms:.2f} | {k.share:.1%} |" for k in prof.kinds]
         lines += ["", "| top node | kind | ms |", "| --- | --- | ---: |"]
         lines += [f"| {n.name} | {n.kind} | {n.ms:.2f} |" for n in prof.top(report.top)]
+        if prof.unmapped:
+            lines += [
+                "",
+                f"Not mapped to ONNX nodes ({len(prof.unmapped)}; TensorRT engines hide their "
+                "layers, and onnxruntime cannot save a graph with compiled nodes): "
+                + ", ".join(prof.unmapped[:10])
+                + (" ..." if len(prof.unmapped) > 10 else ""),
+            ]
     if report.comparisons:
         lines += [
             "",

@@ -12,6 +12,7 @@ from typing import Any
 from resnext_deploy.bench.harness import Measurement, Status
 from resnext_deploy.errors import BenchmarkError
 from resnext_deploy.fileio import atomic_write_text
+from resnext_deploy.runtime.tensorrt import TensorRTProfile
 
 REPORT_FORMAT = 2
 
@@ -46,6 +47,14 @@ class BenchReport:
 
     def backend_names(self) -> list[str]:
         return list(dict.fromkeys(m.backend for m in self.results))
+
+    def engine_profiles(self) -> dict[str, dict[int, TensorRTProfile]]:
+        """Backend -> batch size -> the TensorRT profile its row's engine was built for."""
+        profiles: dict[str, dict[int, TensorRTProfile]] = {}
+        for m in self.results:
+            if m.engine_profile is not None:
+                profiles.setdefault(m.backend, {})[m.batch_size] = m.engine_profile
+        return profiles
 
     def preferred_batch_sizes(
         self, max_batch_size: int, backend_prefix: str = "onnxruntime", keep: int = 2

@@ -25,6 +25,7 @@ from resnext_deploy.bench.harness import (
     harness_overhead,
     peak_matmul_gflops,
     sweep,
+    tensorrt_tuning_variants,
     theoretical_peak_gflops,
     tuning_variants,
 )
@@ -88,11 +89,7 @@ class BenchConfig:
             "threads": self.resolved_threads(),
             "timing": self.timing.__dict__,
             "cuda": self.cuda.to_ort(),
-            **(
-                {"tensorrt": self.tensorrt.to_ort(self.cuda.device_id)}
-                if self.provider is Provider.TENSORRT
-                else {}
-            ),
+            **({"tensorrt": self.tensorrt.to_dict()} if self.provider is Provider.TENSORRT else {}),
             "tune": self.tune,
             "measure_overhead": self.measure_overhead,
             "seed": self.seed,
@@ -127,7 +124,8 @@ def run_benchmark(
             provider=config.provider,
             threads=threads,
             cuda=config.cuda,
-            # one TensorRT profile over the batch sizes asked for: the engine is built once
+            # a TensorRT backend measures each batch size with an engine built for it alone
+            # (backends.BackendSpec.per_batch); this range serves a runner for all of them
             tensorrt=replace(config.tensorrt, batch_sizes=batch_sizes),
         )
         check_input_fits(batch_sizes, spec.input_size)
@@ -198,10 +196,14 @@ def check_input_fits(batch_sizes: tuple[int, ...], input_size: int) -> None:
 
 def backend_specs(config: BenchConfig, ctx: BackendContext) -> list[BackendSpec]:
     specs = [backend_spec(kind, ctx) for kind in config.backends]
-    if config.tune:
-        variants = tuning_variants(config.cuda)
-        variants.pop("baseline")
-        specs += tuning_specs(ctx, variants)
+    if config.tune and config.provider is Provider.TENSORRT:
+        trt = tensorrt_tuning_variants(ctx.tensorrt)  # CUDA's options do not reach its engine
+        trt.pop("baseline")
+        specs += tuning_specs(ctx, trt)
+    elif config.tune:
+        cuda = tuning_variants(config.cuda)
+        cuda.pop("baseline")
+        specs += tuning_specs(ctx, cuda)
     return specs
 
 
@@ -241,7 +243,7 @@ def _overhead(specs: list[BackendSpec], input_size: int) -> dict[str, Any] | Non
     batch = np.random.default_rng(1).standard_normal(
         (1, 3, input_size, input_size), dtype=np.float32
     )
-    with spec.build() as runner:
+    with spec.runner_for(1) as runner:
         bound = runner.bind(batch)
         result: dict[str, Any] = harness_overhead(bound.run, runner.sync)
     result["backend"] = spec.name

@@ -9,24 +9,26 @@ import glob
 import os
 import shutil
 import subprocess
-from importlib import metadata
 from typing import Any
 
+from resnext_deploy.doctor.packages import one_package_check
 from resnext_deploy.doctor.report import Check, CheckStatus, needed
 from resnext_deploy.errors import ProviderUnavailableError
+from resnext_deploy.runtime.cuda_libs import (
+    CudaLibraryReport,
+    LibraryResult,
+    cuda_libraries,
+    load_cuda_libraries,
+)
 from resnext_deploy.runtime.device_memory import physical_index
 from resnext_deploy.runtime.providers import (
     ORT_NAMES,
     Provider,
     SessionConfig,
     available_cores,
-    capture_native_output,
     check_provider,
     default_tensorrt_cache_dir,
 )
-
-ORT_PACKAGES = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino", "onnxruntime-directml")
-TENSORRT_LIBRARY = "libnvinfer.so.10"  # what onnxruntime-gpu 1.31's TensorRT provider links
 
 
 def onnxruntime_checks(provider: Provider) -> list[Check]:
@@ -45,22 +47,7 @@ def onnxruntime_checks(provider: Provider) -> list[Check]:
             data={"package": package, "version": ort.__version__, "cuda": cuda, "build": build},
         )
     ]
-    installed = {p: v for p in ORT_PACKAGES if (v := _version(p))}
-    checks.append(
-        Check(
-            section="onnxruntime",
-            name="one package",
-            status=CheckStatus.PASS if len(installed) <= 1 else CheckStatus.FAIL,
-            detail=", ".join(f"{p} {v}" for p, v in installed.items())
-            + (
-                ""
-                if len(installed) <= 1
-                else ": these all install the module onnxruntime and overwrite each other; "
-                "uninstall all of them, then install one"
-            ),
-            data={"installed": installed},
-        )
-    )
+    checks.append(one_package_check())
     available = ort.get_available_providers()
     checks.append(
         Check(
@@ -103,8 +90,10 @@ def _usable(candidate: Provider, provider: Provider, available: list[str]) -> Ch
 
 
 def cuda_library_checks(provider: Provider) -> list[Check]:
-    """CUDA runtime, cuBLAS, cuDNN (and TensorRT for that provider) as onnxruntime would find
-    them after ``onnxruntime.preload_dlls()`` (nvidia-* wheels, torch's bundle, the system)."""
+    """One row per library onnxruntime's CUDA and TensorRT providers load (CUDA runtime, cuBLASLt,
+    cuBLAS, cuRAND, NVRTC, cuDNN, TensorRT and its ONNX parser): where it was found and loaded
+    from, as :func:`create_session` finds them, or why not; then a row naming the folders looked
+    in and the libraries missing."""
     import onnxruntime as ort
 
     cuda = _build_cuda(ort)
@@ -117,65 +106,69 @@ def cuda_library_checks(provider: Provider) -> list[Check]:
                 detail="this onnxruntime is a CPU-only build: no CUDA libraries are used",
             )
         ]
-    major = cuda.split(".")[0]
-    preload = getattr(ort, "preload_dlls", None)
-    if preload is not None:
-        with capture_native_output():
-            try:
-                preload()
-            except Exception:  # noqa: BLE001 - what is missing is reported below
-                pass
-    loaded = _loaded_libraries()
-    specs = [
-        ("CUDA runtime", f"libcudart.so.{major}", _cudart_version),
-        ("cuBLAS", f"libcublas.so.{major}", _cublas_version),
-        ("cuBLASLt", f"libcublasLt.so.{major}", None),
-        ("cuDNN", "libcudnn.so.9", _cudnn_version),
-    ]
-    checks = [_library(label, soname, probe, loaded, provider) for label, soname, probe in specs]
-    trt_status = CheckStatus.FAIL if provider is Provider.TENSORRT else CheckStatus.SKIP
-    checks.append(_library("TensorRT", TENSORRT_LIBRARY, None, loaded, provider, trt_status))
-    return checks
+    report = load_cuda_libraries(cuda_libraries(cuda, tensorrt=True))
+    rows = [_library(result, provider) for result in report.libraries]
+    return [*rows, _summary(report, provider)]
 
 
-def _library(
-    label: str,
-    soname: str,
-    version_of: Any,
-    loaded: dict[str, str],
-    provider: Provider,
-    missing: CheckStatus | None = None,
-) -> Check:
-    try:
-        lib = ctypes.CDLL(soname)
-    except OSError as exc:
-        status = missing if missing is not None else needed(provider)
-        why = "" if status is CheckStatus.FAIL else _not_needed(provider)
-        return Check(section="cuda", name=label, status=status, detail=f"{exc}{why}")
-    path = loaded.get(soname) or _loaded_libraries().get(soname, soname)
-    version = version_of(lib) if version_of else None
-    detail = f"{soname}" + (f" {version}" if version else "") + f" at {path}"
+def _summary(report: CudaLibraryReport, provider: Provider) -> Check:
+    """What was found, what ``provider`` lacks (TensorRT's libraries count for TensorRT only)
+    and where the wheels were looked for."""
+    missing = [r for r in report.missing if provider is Provider.TENSORRT or not r.library.tensorrt]
+    found = ", ".join(r.library.label for r in report.libraries if r.found) or "none"
+    lacking = ", ".join(f"{r.library.label} ({r.library.soname})" for r in missing) or "none"
+    folders = "; ".join(report.searched) or "none on sys.path"
     return Check(
         section="cuda",
-        name=label,
-        status=CheckStatus.PASS,
-        detail=detail,
-        data={"path": path, "version": version},
+        name="libraries",
+        status=needed(provider) if missing else CheckStatus.PASS,
+        detail=f"found: {found}; missing: {lacking}; looked for in the wheel folders {folders}, "
+        "then on the loader path",
+        data=report.to_dict(),
     )
 
 
-def _loaded_libraries() -> dict[str, str]:
-    """soname -> path of the shared libraries mapped into this process (Linux)."""
-    found: dict[str, str] = {}
+def _library(result: LibraryResult, provider: Provider) -> Check:
+    library = result.library
+    if result.path is None:
+        if not library.required:
+            status, why = CheckStatus.SKIP, " (optional: the provider starts without it)"
+        elif library.tensorrt and provider is not Provider.TENSORRT:
+            status, why = CheckStatus.SKIP, _not_needed(provider)
+        else:
+            status = needed(provider)
+            why = "" if status is CheckStatus.FAIL else _not_needed(provider)
+        return Check(
+            section="cuda",
+            name=library.label,
+            status=status,
+            detail=f"not found: {result.error}{why}",
+            data=result.to_dict(),
+        )
+    version = _library_version(library.label, result.path)
+    detail = f"{library.soname}" + (f" {version}" if version else "")
+    detail += f" at {result.path} ({result.source.value if result.source else '?'})"
+    return Check(
+        section="cuda",
+        name=library.label,
+        status=CheckStatus.PASS,
+        detail=detail,
+        data={**result.to_dict(), "version": version},
+    )
+
+
+def _library_version(label: str, path: str) -> str | None:
+    probe = {
+        "CUDA runtime": _cudart_version,
+        "cuBLAS": _cublas_version,
+        "cuDNN": _cudnn_version,
+    }.get(label)
+    if probe is None:
+        return None
     try:
-        with open("/proc/self/maps", encoding="utf-8") as maps:
-            for line in maps:
-                path = line.rsplit(maxsplit=1)[-1]
-                if ".so" in path and path.startswith("/"):
-                    found.setdefault(os.path.basename(path), path)
-    except OSError:
-        pass
-    return found
+        return probe(ctypes.CDLL(path))
+    except (OSError, AttributeError):  # loaded a moment ago; a symbol may be missing
+        return None
 
 
 def _cudart_version(lib: Any) -> str | None:
@@ -366,9 +359,13 @@ def tensorrt_cache_check(provider: Provider) -> Check:
         section="gpu",
         name="TensorRT cache",
         status=CheckStatus.PASS if writable else CheckStatus.FAIL,
-        detail=f"engines and timing caches go to {folder}"
+        detail=f"timing caches go to {folder}, engines to one sub-folder of it per model "
+        "sha256 and engine options"
         + ("" if writable else f": {probe} is not writable, so every session rebuilds"),
-        data={"path": str(folder)},
+        data={
+            "path": str(folder),
+            "engines": "<path>/<model sha256[:16]>-<engine options sha256[:12]>",
+        },
     )
 
 
@@ -489,10 +486,3 @@ def _build_cuda(ort: Any) -> str:
 
 def _not_needed(provider: Provider) -> str:
     return f" (not needed for the {provider.value} provider)"
-
-
-def _version(package: str) -> str | None:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return None

@@ -98,7 +98,9 @@ def check_destination(
     if not (target.exists() or target.is_symlink()):
         return
     if not overwrite:
-        raise ConfigError(f"{target} already exists; allow replacing it (force) or choose another folder")
+        raise ConfigError(
+            f"{target} already exists; allow replacing it (force) or choose another folder"
+        )
     _check_replaceable(target, replaceable, what)
 
 

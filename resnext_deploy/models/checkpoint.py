@@ -167,7 +167,8 @@ def _num_classes(state: Mapping[str, torch.Tensor], requested: int | None, path:
     found = int(fc.shape[0])
     if requested is not None and requested != found:
         raise CheckpointError(
-            f"the number of classes asked for ({requested}) does not match the checkpoint, whose classifier "
+            f"the number of classes asked for ({requested}) does not match the checkpoint, "
+            "whose classifier "
             f"'fc.weight' {tuple(fc.shape)} has {found} classes"
         )
     return found

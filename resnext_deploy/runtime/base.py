@@ -14,11 +14,14 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import numpy as np
 
 from resnext_deploy.runtime.device_memory import DeviceMemory
+
+if TYPE_CHECKING:
+    from resnext_deploy.runtime.tensorrt import TensorRTProfile
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,11 @@ class Runner(ABC):
     def describe(self) -> dict[str, Any]:
         """What actually runs (providers, threads, options), for reports."""
         return {"name": self.name, "device": self.device}
+
+    def shape_profile(self) -> TensorRTProfile | None:
+        """The input shapes a compiled engine was built for (TensorRT's optimization profile);
+        ``None`` for a runner that takes any shape as it comes."""
+        return None
 
     def reset_peak_memory(self) -> None:  # noqa: B027 - optional hook
         """Forget the device-memory peak so that :meth:`device_memory_mb` covers what follows."""

@@ -13,6 +13,8 @@ inputs must not be used on such a session. Every batch shape therefore gets one 
 input and output buffers, kept for the runner's life, and its own graph in the one session
 (onnxruntime's ``gpu_graph_id`` run option, one id per shape, counted from 1; 0 is the id a run
 without the option gets, and -1 disables capture: ``onnxruntime_run_options_config_keys.h``).
+TensorRT's own CUDA graph (``TensorRTOptions.cuda_graph``) is fed the same way, but its provider
+keeps one graph per session whatever the id: such a runner refuses a second input shape.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from resnext_deploy.runtime.base import BoundCall, Runner
 from resnext_deploy.runtime.device_memory import DeviceMemory, process_device_memory
 from resnext_deploy.runtime.placement import Placement, read_placement
 from resnext_deploy.runtime.providers import ORT_NAMES, Provider, SessionConfig, create_session
+from resnext_deploy.runtime.tensorrt import TensorRTEngine, TensorRTProfile, resolve_engine
 
 GPU_GRAPH_ID = "gpu_graph_id"
 
@@ -88,10 +91,16 @@ class OrtRunner(Runner):
         name: str | None = None,
     ) -> None:
         self.config = config or SessionConfig()
+        # resolved once (the model's sha256 keys the engine cache): listed before and after
+        self.engine: TensorRTEngine | None = (
+            resolve_engine(model, self.config.tensorrt)
+            if self.config.provider is Provider.TENSORRT
+            else None
+        )
         cache = self._trt_cache_dir()
         before = _listing(cache)
         start = time.perf_counter()
-        self.session: Any = create_session(model, self.config)
+        self.session: Any = create_session(model, self.config, self.engine)
         seconds = time.perf_counter() - start
         self.build = SessionBuild(
             seconds=seconds,
@@ -121,7 +130,14 @@ class OrtRunner(Runner):
 
     @property
     def uses_cuda_graph(self) -> bool:
+        if self.config.provider is Provider.TENSORRT:
+            return self.config.tensorrt.cuda_graph
         return self.config.provider is Provider.CUDA and self.config.cuda.enable_cuda_graph
+
+    def shape_profile(self) -> TensorRTProfile | None:
+        """The optimization profile TensorRT built this session's engine for (``None``: not
+        TensorRT, a fixed-shape input, or no batch sizes given)."""
+        return self.engine.profile if self.engine is not None else None
 
     def placement(self) -> Placement:
         """Where onnxruntime placed each node (counts per provider, ops that ran elsewhere)."""
@@ -140,6 +156,12 @@ class OrtRunner(Runner):
         key = tuple(batch.shape)
         shaped = self._bound.get(key)
         if shaped is None:
+            if self._bound and self.uses_cuda_graph and self.config.provider is Provider.TENSORRT:
+                raise ConfigError(
+                    f"{self.name}: TensorRT's CUDA graph holds one input shape per session, "
+                    f"captured for {next(iter(self._bound))}; use one runner per batch size "
+                    "(TensorRTOptions.for_batch)"
+                )
             if not self.uses_cuda_graph:
                 # Without graphs nothing pins old buffers: keep one shape's worth of memory.
                 self._bound.clear()
@@ -231,6 +253,13 @@ class OrtRunner(Runner):
             "intra_op_threads": self.config.threads(),
             "session_build": self.build.to_dict(),
         }
+        if self.engine is not None:
+            profile = self.engine.profile
+            info["tensorrt"] = {
+                "engine_key": self.engine.key,
+                "model_sha256": self.engine.model_sha256,
+                "profile": profile.to_dict() if profile else None,
+            }
         if self.config.provider is not Provider.CPU:
             info["placement"] = self._placement.to_dict()
             if self.session is not None:
@@ -243,10 +272,10 @@ class OrtRunner(Runner):
         self.session = None
 
     def _trt_cache_dir(self) -> Path | None:
-        trt = self.config.tensorrt
-        if self.config.provider is not Provider.TENSORRT or not trt.engine_cache:
+        """This model's engine folder (keyed by its sha256 and the engine options)."""
+        if self.engine is None or not self.config.tensorrt.engine_cache:
             return None
-        return trt.resolved_cache_dir()
+        return self.engine.cache_dir
 
 
 def _listing(folder: Path | None) -> set[str]:

@@ -16,6 +16,11 @@ On the CUDA provider the node events time the host side of each kernel launch, n
 (onnxruntime records GPU kernel times only when built with CUDA profiling); shares there say
 where launches go, not where the GPU is busy.
 
+On TensorRT the model runs as compiled nodes, one per engine, and onnxruntime refuses to save a
+graph that holds them ("contains compiled nodes"): no optimized graph is written there, an
+engine is one entry of kind ``TensorRT engine``, and every node whose op type, group and kernel
+could not be read from a graph is listed in :attr:`OrtProfile.unmapped`.
+
 numpy + onnx + onnxruntime only.
 """
 
@@ -31,9 +36,10 @@ from typing import Any
 import numpy as np
 
 from resnext_deploy.errors import ConfigError
-from resnext_deploy.runtime.providers import SessionConfig, create_session
+from resnext_deploy.runtime.providers import ORT_NAMES, Provider, SessionConfig, create_session
 
 KERNEL_SUFFIX = "_kernel_time"
+TENSORRT_ENGINE = "TensorRT engine"  # the kind of a compiled TensorRT node: its layers are hidden
 CONV_OPS = ("Conv", "FusedConv", "QLinearConv", "NhwcFusedConv", "ConvInteger", "NhwcConv")
 
 
@@ -77,6 +83,9 @@ class OrtProfile:
     node_ms: float
     kinds: tuple[KindTime, ...]
     nodes: tuple[NodeTime, ...]
+    # nodes whose op type, group and kernel no graph told (TensorRT engines, and any node that
+    # is missing from the saved optimized graph): kinds from the profiler's op name alone
+    unmapped: tuple[str, ...] = ()
 
     def top(self, n: int = 10) -> tuple[NodeTime, ...]:
         return self.nodes[:n]
@@ -138,8 +147,17 @@ def node_kind(op_type: str, group: int | None, kernel: tuple[int, ...]) -> str:
 
 
 def optimized_graph(model: str | Path, config: SessionConfig, directory: Path) -> dict[str, Any]:
-    """Node name -> (op type, group, kernel) of the graph onnxruntime really runs."""
+    """Node name -> (op type, group, kernel) of the graph onnxruntime really runs.
+
+    Raises :class:`ConfigError` on TensorRT, whose compiled nodes onnxruntime cannot save.
+    """
     import onnx
+
+    if config.provider is Provider.TENSORRT:
+        raise ConfigError(
+            "onnxruntime cannot save the optimized graph of a TensorRT session (it contains "
+            "compiled nodes); profile it without one"
+        )
 
     target = directory / "optimized.onnx"
     create_session(model, ProfiledSession.of(config, optimized_path=str(target)))
@@ -179,7 +197,8 @@ def profile_model(
     config = config or SessionConfig()
     with tempfile.TemporaryDirectory(prefix="resnext-profile-") as tmp:
         directory = Path(tmp)
-        graph = optimized_graph(model, config, directory)
+        tensorrt = config.provider is Provider.TENSORRT
+        graph = {} if tensorrt else optimized_graph(model, config, directory)
         session = create_session(
             model, ProfiledSession.of(config, profile_prefix=str(directory / "ort"))
         )
@@ -206,27 +225,7 @@ def summarize_events(
     )
     if len(model_runs) < warmup + runs:
         raise ConfigError(f"the profile holds {len(model_runs)} runs, expected {warmup + runs}")
-    start = model_runs[warmup]["ts"]
-    totals: dict[str, float] = defaultdict(float)
-    providers: dict[str, str] = {}
-    for event in events:
-        name = event.get("name", "")
-        if event.get("cat") != "Node" or not name.endswith(KERNEL_SUFFIX) or event["ts"] < start:
-            continue
-        node = name[: -len(KERNEL_SUFFIX)]
-        totals[node] += event["dur"] / 1e3
-        providers[node] = event.get("args", {}).get("provider", "")
-        if node not in graph:  # a node the saved graph does not hold: keep what the event says
-            graph[node] = (event.get("args", {}).get("op_name", "?"), None, ())
-    nodes = []
-    for node, total in totals.items():
-        op, group, kernel = graph[node]
-        nodes.append(
-            NodeTime(
-                node, op, node_kind(op, group, kernel), providers[node], total / runs, group, kernel
-            )
-        )
-    nodes.sort(key=lambda n: -n.ms)
+    nodes, unmapped = _node_times(events, graph, model_runs[warmup]["ts"], runs)
     node_ms = sum(n.ms for n in nodes)
     by_kind: dict[str, list[NodeTime]] = defaultdict(list)
     for n in nodes:
@@ -240,5 +239,42 @@ def summarize_events(
     )
     run_ms = float(np.median([e["dur"] / 1e3 for e in model_runs[warmup:]]))
     return OrtProfile(
-        model, config.provider.value, batch_size, runs, run_ms, node_ms, tuple(kinds), tuple(nodes)
+        model,
+        config.provider.value,
+        batch_size,
+        runs,
+        run_ms,
+        node_ms,
+        tuple(kinds),
+        tuple(nodes),
+        unmapped,
     )
+
+
+def _node_times(
+    events: list[dict[str, Any]], graph: dict[str, Any], start: float, runs: int
+) -> tuple[list[NodeTime], tuple[str, ...]]:
+    """Each node's time per run from ``start`` on, slowest first, and the nodes ``graph`` does
+    not hold (labelled from the event: a TensorRT engine, or its op name)."""
+    totals: dict[str, float] = defaultdict(float)
+    args: dict[str, dict[str, Any]] = {}
+    for event in events:
+        name = event.get("name", "")
+        if event.get("cat") != "Node" or not name.endswith(KERNEL_SUFFIX) or event["ts"] < start:
+            continue
+        node = name[: -len(KERNEL_SUFFIX)]
+        totals[node] += event["dur"] / 1e3
+        args[node] = event.get("args", {})
+    nodes = []
+    for node, total in totals.items():
+        provider = args[node].get("provider", "")
+        if node in graph:
+            op, group, kernel = graph[node]
+            kind = node_kind(op, group, kernel)
+        else:
+            op, group, kernel = args[node].get("op_name", "?"), None, ()
+            tensorrt = provider == ORT_NAMES[Provider.TENSORRT]
+            kind = TENSORRT_ENGINE if tensorrt else f"{op} (not mapped)"
+        nodes.append(NodeTime(node, op, kind, provider, total / runs, group, kernel))
+    nodes.sort(key=lambda n: -n.ms)
+    return nodes, tuple(sorted(node for node in totals if node not in graph))

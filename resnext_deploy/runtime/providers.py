@@ -31,7 +31,16 @@ from pathlib import Path
 from typing import Any
 
 from resnext_deploy.errors import ConfigError, ProviderUnavailableError
+from resnext_deploy.runtime.cuda_libs import cuda_libraries, load_cuda_libraries
 from resnext_deploy.runtime.placement import RECORD_ASSIGNMENT, check_placement, read_placement
+from resnext_deploy.runtime.tensorrt import TensorRTEngine, first_input, resolve_engine
+
+# TensorRT's options live in runtime/tensorrt.py; imported from here as they always were
+from resnext_deploy.runtime.tensorrt import TensorRTOptions as TensorRTOptions
+from resnext_deploy.runtime.tensorrt import TensorRTProfile as TensorRTProfile
+from resnext_deploy.runtime.tensorrt import (
+    default_tensorrt_cache_dir as default_tensorrt_cache_dir,
+)
 
 
 class Provider(StrEnum):
@@ -92,95 +101,6 @@ class CudaOptions:
         return opts
 
 
-def default_tensorrt_cache_dir() -> Path:
-    """``$XDG_CACHE_HOME/resnext-deploy/trt``, else ``~/.cache/resnext-deploy/trt``."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "resnext-deploy" / "trt"
-
-
-@dataclass(frozen=True, kw_only=True)
-class TensorRTProfile:
-    """One TensorRT optimization profile for the model's input: batch sizes ``min..max``, kernels
-    tuned for ``opt``; ``dims`` are the input's other (fixed) dimensions."""
-
-    input_name: str
-    dims: tuple[int, ...]
-    min_batch: int
-    opt_batch: int
-    max_batch: int
-
-    def to_ort(self) -> dict[str, str]:
-        def shape(batch: int) -> str:
-            return f"{self.input_name}:" + "x".join(str(d) for d in (batch, *self.dims))
-
-        return {
-            "trt_profile_min_shapes": shape(self.min_batch),
-            "trt_profile_opt_shapes": shape(self.opt_batch),
-            "trt_profile_max_shapes": shape(self.max_batch),
-        }
-
-
-@dataclass(frozen=True, kw_only=True)
-class TensorRTOptions:
-    """TensorRT execution-provider options (onnxruntime's ``trt_*`` names).
-
-    ``batch_sizes``: the batch sizes the session will see; with a dynamic batch axis they set one
-    optimization profile (min and max of them, kernels tuned for ``opt_batch``, default the
-    largest), so that the engine is built once, at session creation, instead of again for each
-    new batch size inside a timed first call. Engines and kernel timings are cached in
-    ``cache_dir`` (default :func:`default_tensorrt_cache_dir`) unless switched off. TensorRT
-    computes fp32 layers in TF32 on GPUs that have it (onnxruntime has no switch for that).
-    """
-
-    fp16: bool = False
-    engine_cache: bool = True
-    timing_cache: bool = True
-    cache_dir: str | None = None
-    batch_sizes: tuple[int, ...] = ()
-    opt_batch: int | None = None
-
-    def __post_init__(self) -> None:
-        if any(b < 1 for b in self.batch_sizes):
-            raise ConfigError(f"TensorRT batch sizes must be positive, not {self.batch_sizes}")
-        if (
-            self.opt_batch is not None
-            and self.batch_sizes
-            and not (min(self.batch_sizes) <= self.opt_batch <= max(self.batch_sizes))
-        ):
-            raise ConfigError(
-                f"TensorRT opt batch {self.opt_batch} lies outside the batch sizes "
-                f"{min(self.batch_sizes)}..{max(self.batch_sizes)}"
-            )
-
-    def resolved_cache_dir(self) -> Path:
-        return Path(self.cache_dir) if self.cache_dir else default_tensorrt_cache_dir()
-
-    def profile(self, input_name: str, dims: tuple[int, ...]) -> TensorRTProfile | None:
-        """The optimization profile for an input with a dynamic batch axis, or ``None`` when no
-        batch sizes were given."""
-        if not self.batch_sizes:
-            return None
-        low, high = min(self.batch_sizes), max(self.batch_sizes)
-        return TensorRTProfile(
-            input_name=input_name,
-            dims=dims,
-            min_batch=low,
-            opt_batch=self.opt_batch or high,
-            max_batch=high,
-        )
-
-    def to_ort(self, device_id: int, profile: TensorRTProfile | None = None) -> dict[str, str]:
-        opts = {"device_id": str(device_id), "trt_fp16_enable": str(int(self.fp16))}
-        cache = str(self.resolved_cache_dir())
-        if self.engine_cache:
-            opts |= {"trt_engine_cache_enable": "1", "trt_engine_cache_path": cache}
-        if self.timing_cache:
-            opts |= {"trt_timing_cache_enable": "1", "trt_timing_cache_path": cache}
-        if profile is not None:
-            opts |= profile.to_ort()
-        return opts
-
-
 @dataclass(frozen=True, kw_only=True)
 class SessionConfig:
     """How to build an onnxruntime session.
@@ -206,17 +126,17 @@ class SessionConfig:
                 "session does not use them here: switch one of the two off"
             )
 
-    def providers(self, profile: TensorRTProfile | None = None) -> list[Any]:
-        """The provider list handed to ``InferenceSession``, options included (``profile``:
-        TensorRT's optimization profile for the model's input, see :meth:`TensorRTOptions.
-        profile`)."""
+    def providers(self, engine: TensorRTEngine | None = None) -> list[Any]:
+        """The provider list handed to ``InferenceSession``, options included (``engine``:
+        TensorRT's profile and engine cache folder for the model, see
+        :func:`~resnext_deploy.runtime.tensorrt.resolve_engine`)."""
         cpu = ORT_NAMES[Provider.CPU]
         cuda = (ORT_NAMES[Provider.CUDA], self.cuda.to_ort())
         if self.provider is Provider.CPU:
             return [cpu]
         chain: list[Any] = [cuda]
         if self.provider is Provider.TENSORRT:
-            options = self.tensorrt.to_ort(self.cuda.device_id, profile)
+            options = self.tensorrt.to_ort(self.cuda.device_id, engine)
             chain.insert(0, (ORT_NAMES[Provider.TENSORRT], options))
         return chain if self.strict else [*chain, cpu]
 
@@ -254,8 +174,15 @@ def available_cores() -> int:
     return os.cpu_count() or 1
 
 
-def create_session(model: str | Path | bytes, config: SessionConfig = SessionConfig()) -> Any:
+def create_session(
+    model: str | Path | bytes,
+    config: SessionConfig = SessionConfig(),
+    engine: TensorRTEngine | None = None,
+) -> Any:
     """Build an ``onnxruntime.InferenceSession`` on the requested provider or raise.
+
+    On TensorRT, ``engine`` is the model's profile and engine cache folder (resolved here from
+    the model when not given: :func:`~resnext_deploy.runtime.tensorrt.resolve_engine`).
 
     onnxruntime's fallback is off, so a provider failure at creation or in ``run()`` is raised,
     never retried elsewhere. Nothing onnxruntime prints during creation reaches stdout.
@@ -271,13 +198,12 @@ def create_session(model: str | Path | bytes, config: SessionConfig = SessionCon
             f"{wanted} is not built into this onnxruntime ({ort.__version__}); install "
             "onnxruntime-gpu (and only it: it conflicts with the onnxruntime package)"
         )
-    profile = None
-    if config.provider is not Provider.CPU:
-        _preload_cuda_libraries(ort)
+    missing = _preload_cuda_libraries(ort, config.provider)
     if config.provider is Provider.TENSORRT:
-        profile = _tensorrt_profile(model, config.tensorrt)
-        if config.tensorrt.engine_cache or config.tensorrt.timing_cache:
-            _make_cache_dir(config.tensorrt.resolved_cache_dir())
+        engine = engine or resolve_engine(model, config.tensorrt)
+        _make_cache_dirs(config.tensorrt, engine)
+    else:
+        engine = None
     source = model if isinstance(model, bytes) else str(model)
     failure: str | None = None
     with capture_native_output() as log:
@@ -285,7 +211,7 @@ def create_session(model: str | Path | bytes, config: SessionConfig = SessionCon
             session = ort.InferenceSession(
                 source,
                 sess_options=config.session_options(),
-                providers=config.providers(profile),
+                providers=config.providers(engine),
                 enable_fallback=0,
             )
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidArgument types
@@ -296,15 +222,16 @@ def create_session(model: str | Path | bytes, config: SessionConfig = SessionCon
         reason = _reason(log.text())
         said = "" if reason.endswith(failure) else reason  # said once is enough
         raise ProviderUnavailableError(
-            f"{wanted} could not start: {failure.rstrip('.')}{said}{_visible_devices_hint()}"
+            f"{wanted} could not start: {failure.rstrip('.')}{said}{missing}"
+            f"{_visible_devices_hint()}"
         )
     session.disable_fallback()  # enable_fallback=0 already did; say it where run() looks
     active = session.get_providers()
     if active[0] != wanted:
         raise ProviderUnavailableError(
             f"{wanted} was requested but onnxruntime would run on {active[0]} "
-            f"(no usable GPU?){_reason(log.text())}. resnext-deploy never falls back silently: "
-            "ask for the CPU provider to run on the CPU."
+            f"(no usable GPU?){_reason(log.text())}{missing}. resnext-deploy never falls back "
+            "silently: ask for the CPU provider to run on the CPU."
         )
     if config.provider is not Provider.CPU:
         check_placement(read_placement(session, wanted))
@@ -348,51 +275,30 @@ def model_input(model: str | Path | bytes) -> tuple[str, tuple[int | str, ...]]:
         if isinstance(model, bytes)
         else onnx.load_model(str(model), load_external_data=False)
     )
-    initializers = {i.name for i in proto.graph.initializer}
-    first = next(i for i in proto.graph.input if i.name not in initializers)
-    dims = tuple(
-        d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
-        for d in first.type.tensor_type.shape.dim
-    )
-    return first.name, dims
+    return first_input(proto)
 
 
-def _tensorrt_profile(
-    model: str | Path | bytes, options: TensorRTOptions
-) -> TensorRTProfile | None:
-    """TensorRT's profile for the model's input when its batch axis is dynamic and batch sizes
-    were given; a fixed-shape model needs none."""
-    if not options.batch_sizes:
-        return None
-    name, dims = model_input(model)
-    if not dims or isinstance(dims[0], int):
-        return None
-    rest = dims[1:]
-    if not all(isinstance(d, int) for d in rest):
-        raise ConfigError(
-            f"TensorRT profiles need the input's non-batch dimensions fixed; {name!r} has {dims}"
-        )
-    return options.profile(name, tuple(int(d) for d in rest))
-
-
-def _make_cache_dir(path: Path) -> None:
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(f"cannot create the TensorRT cache folder {path}: {exc}") from None
-
-
-def _preload_cuda_libraries(ort: Any) -> None:
-    """Make CUDA/cuDNN from the nvidia-* wheels (or torch's bundle) visible to onnxruntime.
-    ``preload_dlls`` prints what it cannot load: that goes nowhere near stdout."""
-    preload = getattr(ort, "preload_dlls", None)
-    if preload is None:
-        return
-    with capture_native_output():
+def _make_cache_dirs(options: TensorRTOptions, engine: TensorRTEngine) -> None:
+    """onnxruntime does not create missing parents of its cache folders."""
+    folders = [engine.cache_dir] if options.engine_cache else []
+    folders += [options.resolved_cache_dir()] if options.timing_cache else []
+    for path in folders:
         try:
-            preload()
-        except Exception:  # noqa: BLE001 - a failed preload is reported by the provider check
-            pass
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"cannot create the TensorRT cache folder {path}: {exc}") from None
+
+
+def _preload_cuda_libraries(ort: Any, provider: Provider) -> str:
+    """Load CUDA's libraries (TensorRT's too for that provider) from wherever the user has them
+    (:mod:`resnext_deploy.runtime.cuda_libs`; onnxruntime's own ``preload_dlls`` looks only
+    beside its package). Returns ``""``, or a sentence naming the required ones not found, for
+    the error raised if the provider then cannot start."""
+    cuda = str(getattr(ort, "cuda_version", "") or "")
+    if provider is Provider.CPU or not cuda:
+        return ""
+    wanted = cuda_libraries(cuda, tensorrt=provider is Provider.TENSORRT)
+    return load_cuda_libraries(wanted).missing_text()
 
 
 class _CapturedText:

@@ -3,9 +3,13 @@ otherwise; CUDA device numbers are mapped through CUDA_VISIBLE_DEVICES."""
 
 from __future__ import annotations
 
+import os
+import re
 import sys
+import tomllib
 import types
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -17,6 +21,7 @@ from resnext_deploy.runtime.device_memory import (
 )
 
 MIB = 2**20
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass
@@ -92,3 +97,38 @@ def test_nvidia_smi_is_the_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (memory.mb, memory.scope, memory.source) == (900.0, MemoryScope.PROCESS, "nvidia-smi")
     other = process_device_memory(0, pid=444)
     assert other is not None and (other.mb, other.scope) == (7000.0, MemoryScope.DEVICE)
+
+
+def test_nvidia_ml_py_is_a_dependency() -> None:
+    """Without it the NVML branch never runs and every figure is the whole device's."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    names = {re.split(r"[^\w.-]", dep, maxsplit=1)[0].lower() for dep in project["dependencies"]}
+    assert "nvidia-ml-py" in names
+
+
+def test_the_installed_nvml_binding_measures_this_process(
+    monkeypatch: pytest.MonkeyPatch, no_smi: None
+) -> None:
+    """The real ``pynvml`` module (nvidia-ml-py), its calls answered as a driver would: this
+    process listed -> its own figure; not listed (another PID namespace) -> the device's."""
+    import pynvml
+
+    monkeypatch.setitem(sys.modules, "pynvml", pynvml)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    listed: list[object] = []
+    monkeypatch.setattr(pynvml, "nvmlInit", lambda: None)
+    monkeypatch.setattr(pynvml, "nvmlShutdown", lambda: None)
+    monkeypatch.setattr(pynvml, "nvmlDeviceGetHandleByIndex", lambda index: f"gpu{index}")
+    monkeypatch.setattr(
+        pynvml, "nvmlDeviceGetMemoryInfo", lambda h: types.SimpleNamespace(used=6000 * MIB)
+    )
+    monkeypatch.setattr(pynvml, "nvmlDeviceGetComputeRunningProcesses", lambda h: listed)
+    listed[:] = [Proc(os.getpid() + 1, 100 * MIB), Proc(os.getpid(), 750 * MIB)]
+    memory = process_device_memory(0)
+    assert memory is not None
+    assert (memory.mb, memory.scope, memory.source) == (750.0, MemoryScope.PROCESS, "nvml")
+    listed[:] = [Proc(os.getpid() + 1, 100 * MIB)]
+    memory = process_device_memory(0)
+    assert memory is not None
+    assert (memory.mb, memory.scope, memory.source) == (6000.0, MemoryScope.DEVICE, "nvml")
+    assert memory.to_dict()["scope"] == "device"

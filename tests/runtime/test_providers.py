@@ -26,6 +26,7 @@ from resnext_deploy.runtime.providers import (
     create_session,
     default_tensorrt_cache_dir,
 )
+from resnext_deploy.runtime.tensorrt import resolve_engine
 from tests.conftest import has_cuda
 
 CAPI = Path(ort.__file__).parent / "capi"
@@ -252,25 +253,33 @@ def test_tensorrt_gets_profiles_caches_and_fp16(
     assert passed["trt_profile_opt_shapes"] == "input:16x3x16x16"
     assert passed["trt_profile_max_shapes"] == "input:16x3x16x16"
     assert passed["trt_engine_cache_enable"] == passed["trt_timing_cache_enable"] == "1"
-    assert passed["trt_engine_cache_path"] == passed["trt_timing_cache_path"] == str(cache)
-    assert cache.is_dir()  # onnxruntime does not create missing parents
+    # engines in a folder of this model's own; kernel timings (no weights) shared
+    assert Path(passed["trt_engine_cache_path"]).parent == cache
+    assert passed["trt_timing_cache_path"] == str(cache)
+    assert Path(passed["trt_engine_cache_path"]).is_dir()  # onnxruntime creates no parents
 
 
 def test_tensorrt_cache_defaults_to_the_users_cache(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("XDG_CACHE_HOME", "/somewhere/cache")
     assert default_tensorrt_cache_dir() == Path("/somewhere/cache/resnext-deploy/trt")
-    passed = TensorRTOptions().to_ort(0)
-    assert passed["trt_engine_cache_path"] == "/somewhere/cache/resnext-deploy/trt"
+    engine = resolve_engine(tiny_resnext_onnx(), TensorRTOptions())
+    passed = TensorRTOptions().to_ort(0, engine)
+    assert passed["trt_timing_cache_path"] == "/somewhere/cache/resnext-deploy/trt"
+    assert passed["trt_engine_cache_path"] == f"/somewhere/cache/resnext-deploy/trt/{engine.key}"
     assert "trt_profile_min_shapes" not in passed
+    # without the model's engine (its key) no engine cache: a shared one serves other weights
+    assert "trt_engine_cache_path" not in TensorRTOptions().to_ort(0)
 
 
 def test_every_option_name_is_one_the_provider_library_knows() -> None:
     """Compared with the option names compiled into onnxruntime-gpu's provider libraries: a
     misspelt option is otherwise ignored or refused only on a GPU machine."""
-    trt_options = TensorRTOptions(fp16=True, batch_sizes=(1, 8)).profile("input", (3, 8, 8))
+    trt = TensorRTOptions(fp16=True, batch_sizes=(1, 8), cuda_graph=True)
+    engine = resolve_engine(tiny_resnext_onnx(), trt)
+    assert engine.profile is not None
     names = {
         "libonnxruntime_providers_cuda.so": CudaOptions(gpu_mem_limit=1).to_ort(),
-        "libonnxruntime_providers_tensorrt.so": TensorRTOptions(fp16=True).to_ort(0, trt_options),
+        "libonnxruntime_providers_tensorrt.so": trt.to_ort(0, engine),
     }
     for library, options in names.items():
         data = (CAPI / library).read_bytes()
