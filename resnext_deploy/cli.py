@@ -628,7 +628,7 @@ def bench(
         command=command_line(),
     )
     check_writable_dir(out_dir, "--out folder")  # before minutes of measuring, not after
-    steps = len(config.resolved_batch_sizes()) * (len(kinds) + (5 if tune else 0))
+    steps = config.planned_measurements()
     with Progress(
         "[progress.description]{task.description}",
         BarColumn(),

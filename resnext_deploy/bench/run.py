@@ -81,6 +81,15 @@ class BenchConfig:
     def resolved_threads(self) -> int:
         return self.threads or available_cores()
 
+    def planned_measurements(self) -> int:
+        """Backend x batch-size measurements the sweep will make (tuning variants included)."""
+        tuned = 0
+        if self.tune and self.provider is Provider.TENSORRT:
+            tuned = len(tensorrt_tuning_variants(self.tensorrt)) - 1
+        elif self.tune:
+            tuned = len(tuning_variants(self.cuda)) - 1
+        return len(self.resolved_batch_sizes()) * (len(self.backends) + tuned)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "backends": [b.value for b in self.backends],

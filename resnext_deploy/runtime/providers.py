@@ -350,6 +350,10 @@ def _reason(log: str) -> str:
 
 # "/onnxruntime_src/.../file.cc:729 void onnxruntime::Fn(Args&) <the message>"
 SOURCE_PREFIX = re.compile(r"^\S+\.(?:cc|h|cpp):\d+ .*?\)\s+")
+# what precedes the message in onnxruntime's exceptions: "[ONNXRuntimeError] : 1 : FAIL : "
+STATUS_PREFIX = re.compile(r"^\s*:\s*\d+\s*:\s*[A-Z_]+\s*:\s*")
+# "provider_options_utils.h:187 Parse Failed ..." (a source location without a signature)
+FILE_LINE = re.compile(r"^\S+\.(?:cc|h|cpp):\d+\s+")
 # "CUDA failure 100: no CUDA-capable device is detected ; GPU=-1 ; hostname=vm ; file=..."
 CUDA_FAILURE = re.compile(r"(CUDA failure \d+: [^;]*[^;\s])")
 
@@ -371,4 +375,6 @@ def _summary(text: str) -> str:
         return line.rsplit("with error: ", 1)[1][:300]
     if "] " in line:
         line = line.rsplit("] ", 1)[1]
-    return SOURCE_PREFIX.sub("", line)[:300]
+    line = STATUS_PREFIX.sub("", line)  # ": 1 : FAIL : " left of "[ONNXRuntimeError]"
+    line = FILE_LINE.sub("", SOURCE_PREFIX.sub("", line))
+    return line[:300]

@@ -108,3 +108,14 @@ def test_tensorrt_variants_flip_what_the_baseline_has() -> None:
     for label, options in variants.items():
         differing = [k for k, v in options.to_ort(0).items() if base.to_ort(0)[k] != v]
         assert len(differing) == (0 if label == "baseline" else 1), label
+
+
+def test_progress_total_counts_each_providers_own_tuning_variants() -> None:
+    """The progress bar's total comes from the config: TensorRT tunes four knobs of its own, the
+    CUDA provider five options (the CLI used to assume five everywhere)."""
+    two = (1, 8)
+    cuda = BenchConfig(provider=Provider.CUDA, tune=True, batch_sizes=two)
+    trt = BenchConfig(provider=Provider.TENSORRT, tune=True, batch_sizes=two)
+    assert cuda.planned_measurements() == 2 * (len(cuda.backends) + 5)
+    assert trt.planned_measurements() == 2 * (len(trt.backends) + 4)
+    assert BenchConfig(batch_sizes=two).planned_measurements() == 2 * len(cuda.backends)

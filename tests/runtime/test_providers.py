@@ -393,3 +393,16 @@ def test_no_visible_gpu_is_said_once_in_the_cuda_runtimes_words(
         "CUDAExecutionProvider could not start: CUDA failure 100: no CUDA-capable device is "
         "detected (CUDA_VISIBLE_DEVICES is '')"
     )
+
+
+def test_onnxruntime_exception_text_is_reduced_to_its_message() -> None:
+    """What onnxruntime raised on the H200 for a model newer than it reads: the status prefix and
+    the source location go, the reason stays."""
+    from resnext_deploy.runtime.providers import _summary
+
+    raised = (
+        "[ONNXRuntimeError] : 1 : FAIL : /onnxruntime_src/onnxruntime/core/graph/model.cc:256 "
+        "onnxruntime::Model::Model(onnx::ModelProto&&, const onnxruntime::PathString&) "
+        "Unsupported model IR version: 14, max supported IR version: 13"
+    )
+    assert _summary(raised) == "Unsupported model IR version: 14, max supported IR version: 13"
