@@ -81,13 +81,25 @@ class BenchConfig:
     def resolved_threads(self) -> int:
         return self.threads or available_cores()
 
+    def tuning_options(
+        self, tensorrt: TensorRTOptions | None = None
+    ) -> dict[str, CudaOptions] | dict[str, TensorRTOptions]:
+        """The variants ``tune`` adds, baseline left out: TensorRT's own knobs on TensorRT
+        (CUDA's options do not reach its engine), CUDA's options elsewhere. ``tensorrt``: the
+        base TensorRT options (default this config's)."""
+        if not self.tune:
+            return {}
+        variants: dict[str, CudaOptions] | dict[str, TensorRTOptions]
+        if self.provider is Provider.TENSORRT:
+            variants = tensorrt_tuning_variants(tensorrt or self.tensorrt)
+        else:
+            variants = tuning_variants(self.cuda)
+        variants.pop("baseline")
+        return variants
+
     def planned_measurements(self) -> int:
         """Backend x batch-size measurements the sweep will make (tuning variants included)."""
-        tuned = 0
-        if self.tune and self.provider is Provider.TENSORRT:
-            tuned = len(tensorrt_tuning_variants(self.tensorrt)) - 1
-        elif self.tune:
-            tuned = len(tuning_variants(self.cuda)) - 1
+        tuned = len(self.tuning_options())
         return len(self.resolved_batch_sizes()) * (len(self.backends) + tuned)
 
     def to_dict(self) -> dict[str, Any]:
@@ -205,15 +217,7 @@ def check_input_fits(batch_sizes: tuple[int, ...], input_size: int) -> None:
 
 def backend_specs(config: BenchConfig, ctx: BackendContext) -> list[BackendSpec]:
     specs = [backend_spec(kind, ctx) for kind in config.backends]
-    if config.tune and config.provider is Provider.TENSORRT:
-        trt = tensorrt_tuning_variants(ctx.tensorrt)  # CUDA's options do not reach its engine
-        trt.pop("baseline")
-        specs += tuning_specs(ctx, trt)
-    elif config.tune:
-        cuda = tuning_variants(config.cuda)
-        cuda.pop("baseline")
-        specs += tuning_specs(ctx, cuda)
-    return specs
+    return specs + tuning_specs(ctx, config.tuning_options(ctx.tensorrt))
 
 
 def compute_floor(gmacs: float, threads: int, results: list[Measurement]) -> dict[str, Any]:

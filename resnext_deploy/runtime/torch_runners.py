@@ -74,6 +74,28 @@ class _TorchRunner(Runner):
     module: Any
     amp: bool = False
     channels_last: bool = False
+    kind = "torch"  # what the runner runs, in messages
+
+    def _place(self, device: str, amp: bool, channels_last: bool | None) -> None:
+        """Device, autocast and layout of a runner built from an ``nn.Module`` (channels_last
+        by default on CUDA, where it selects cuDNN's NHWC tensor-core kernels)."""
+        self.device = torch_device(device)
+        if amp and self.device != "cuda":
+            raise ProviderUnavailableError(
+                f"autocast (AMP) {self.kind} inference needs a CUDA device"
+            )
+        self.amp = amp
+        self.channels_last = self.device == "cuda" if channels_last is None else channels_last
+
+    def _prepared(self, model: nn.Module) -> nn.Module:
+        """``model`` in eval mode on this runner's device and layout; a copy whenever that
+        moves or re-lays it out (changing the caller's model would change it for every user)."""
+        if self.device == "cpu" and not self.channels_last:
+            return model.eval()
+        module = copy.deepcopy(model).eval().to(self.device)
+        if self.channels_last:
+            module = module.to(memory_format=torch.channels_last)
+        return module
 
     def _to_device(self, batch: np.ndarray) -> torch.Tensor:
         x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)
@@ -150,6 +172,8 @@ class EagerRunner(_TorchRunner):
     default on CUDA, ``channels_last`` chooses) with ``cudnn.benchmark`` on; TF32 convolutions
     are torch's default and are reported per row."""
 
+    kind = "eager"
+
     def __init__(
         self,
         model: nn.Module,
@@ -158,19 +182,8 @@ class EagerRunner(_TorchRunner):
         amp: bool = False,
         channels_last: bool | None = None,
     ) -> None:
-        self.device = torch_device(device)
-        if amp and self.device != "cuda":
-            raise ProviderUnavailableError("autocast (AMP) eager inference needs a CUDA device")
-        self.amp = amp
-        self.channels_last = self.device == "cuda" if channels_last is None else channels_last
-        if self.device == "cpu" and not self.channels_last:
-            self.module = model.eval()
-        else:
-            # A copy: moving or re-laying out the caller's model would change it for every user.
-            module = copy.deepcopy(model).eval().to(self.device)
-            if self.channels_last:
-                module = module.to(memory_format=torch.channels_last)
-            self.module = module
+        self._place(device, amp, channels_last)
+        self.module = self._prepared(model)
         self.name = name or ("torch-eager-amp" if amp else "torch-eager")
 
 
@@ -192,23 +205,20 @@ class CompileRunner(_TorchRunner):
     ``reduce-overhead`` (CUDA graphs, the counterpart of onnxruntime's); ``amp`` adds float16
     autocast."""
 
+    kind = "compiled"
+
     def __init__(
         self, model: nn.Module, device: str = "cpu", amp: bool = False, mode: str | None = None
     ) -> None:
         import torch._inductor.config as inductor_config
 
-        self.device = torch_device(device)
-        if amp and self.device != "cuda":
-            raise ProviderUnavailableError("autocast (AMP) compiled inference needs a CUDA device")
-        self.amp = amp
-        self.channels_last = self.device == "cuda"
+        self._place(device, amp, channels_last=None)
         self.mode = mode or ("reduce-overhead" if self.device == "cuda" else "default")
         self._inductor = inductor_config
         torch._dynamo.reset()  # a previous compiled wrapper must not hand us its graphs
-        module = model.eval() if self.device == "cpu" else copy.deepcopy(model).eval().cuda()
-        if self.channels_last:
-            module = module.to(memory_format=torch.channels_last)
-        self.module = torch.compile(module, backend="inductor", dynamic=False, mode=self.mode)
+        self.module = torch.compile(
+            self._prepared(model), backend="inductor", dynamic=False, mode=self.mode
+        )
         self.name = "torch-compile-amp" if amp else "torch-compile"
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -22,6 +22,7 @@ from resnext_deploy.bench.profile import (
 from resnext_deploy.errors import ConfigError
 from resnext_deploy.runtime.profiling import TENSORRT_ENGINE, optimized_graph
 from resnext_deploy.runtime.providers import Provider, SessionConfig
+from tests.runtime.test_providers import FakeNode, FakeSubgraph
 
 TRT = "TensorrtExecutionProvider"
 ENGINE = "TensorrtExecutionProvider_TRTKernel_graph_main_graph_1234_0_0"
@@ -30,20 +31,6 @@ COMPILED = (
     "[ONNXRuntimeError] : 1 : FAIL : Unable to serialize model as it contains compiled nodes. "
     "Please disable any execution providers which generate compiled nodes."
 )
-
-
-@dataclass
-class Node:
-    op_type: str
-
-
-@dataclass
-class Subgraph:
-    ep_name: str
-    nodes: list[Node]
-
-    def get_nodes(self) -> list[Node]:
-        return self.nodes
 
 
 @dataclass
@@ -68,9 +55,9 @@ class CompiledSession:
     def disable_fallback(self) -> None:
         pass
 
-    def get_provider_graph_assignment_info(self) -> list[Subgraph]:
-        cpu = Subgraph("CPUExecutionProvider", [Node("Shape")])
-        return [Subgraph(TRT, [Node("Conv")] * 4), cpu]
+    def get_provider_graph_assignment_info(self) -> list[FakeSubgraph]:
+        cpu = FakeSubgraph("CPUExecutionProvider", [FakeNode("Shape")])
+        return [FakeSubgraph(TRT, [FakeNode("Conv")] * 4), cpu]
 
     def get_inputs(self) -> list[Input]:
         return [Input()]

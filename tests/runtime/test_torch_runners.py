@@ -122,7 +122,7 @@ def test_compile_on_cuda_uses_cuda_graphs_and_channels_last(
         return module
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.nn.Module, "cuda", lambda self, *a, **k: self)
+    monkeypatch.setattr(torch.nn.Module, "to", _to_on_cpu(torch.nn.Module.to))
     monkeypatch.setattr(torch_runners.torch, "compile", compile_)
     runner = CompileRunner(tiny_model, device="cuda", amp=True)
     assert calls["mode"] == "reduce-overhead" and calls["dynamic"] is False
