@@ -21,6 +21,8 @@
 #   bench-best  each at its best, side by side in one run: eager AMP (channels_last,
 #               cudnn.benchmark), torch.compile AMP (reduce-overhead: CUDA graphs), onnxruntime
 #               fp32/fp16 with IO binding, CUDA graphs and prefer_nhwc
+#   profile     bench --profile of onnxruntime fp32/fp16 with the bench's provider options (the
+#               CUDA graph left off: a replay has no per-node events), from the export bench ran
 #   tensorrt    bench --provider tensorrt, only where TensorRT's libraries are present
 #   pytest      pytest -m gpu, then tests/runtime and tests/bench
 # With --archive, DIR (without the exported model files) is packed into FILE after every step.
@@ -189,6 +191,19 @@ bench_best() {
   fi
 }
 
+bench_profile() {
+  local first=${sizes%%,*}
+  if [ "$provider" = cuda ]; then
+    rd bench "$model" --provider cuda --backend onnxruntime --backend onnxruntime-fp16 \
+      --prefer-nhwc --cuda-graph --no-overhead --profile --name "$arch-cuda-profile" \
+      --batch-sizes "$first" --out "$out/bench" --warmup 3 --min-time 0.5 --max-time 5
+  else
+    rd bench "$model" --provider cpu --backend onnxruntime --no-overhead --profile \
+      --name "$arch-cpu-profile" --batch-sizes "$first" --out "$out/bench" --warmup 1 \
+      --min-time 0 --max-time 5
+  fi
+}
+
 bench_trt() {
   if [ "$provider" != cuda ] || ! "$py" -c 'import ctypes; ctypes.CDLL("libnvinfer.so.10")' 2>/dev/null; then
     echo "TensorRT's libraries (libnvinfer.so.10) are not on this machine: skipped"
@@ -206,7 +221,8 @@ run_tests() {
 }
 
 export provider arch out model sizes archive tests py bench_common only
-export -f rd machine make_checkpoint make_image no_gpu torch_free bench_main bench_best bench_trt run_tests
+export -f rd machine make_checkpoint make_image no_gpu torch_free bench_main bench_best bench_profile \
+  bench_trt run_tests
 
 step machine 60 machine
 step doctor 120 rd doctor --provider "$provider" --json
@@ -219,6 +235,7 @@ step no-gpu 60 no_gpu
 step torch-free 60 torch_free
 step bench 420 bench_main
 step bench-best 360 bench_best
+step profile 240 bench_profile
 step tensorrt 300 bench_trt
 step pytest 240 run_tests
 echo "== done"

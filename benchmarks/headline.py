@@ -99,10 +99,10 @@ def main() -> None:
     if o:
         checks.append(
             (
-                f"harness overhead < 2% ({o['cost_us']:.1f} us per call; paired check "
-                f"{o['paired_pct']:+.1f}%, within noise)",
-                o["overhead_pct"],
-                o["overhead_pct"] < 2.0,
+                f"harness overhead < 2% ({o.cost_us:.1f} us per call; paired check "
+                f"{o.paired_pct:+.1f}%, within noise)",
+                o.overhead_pct,
+                o.overhead_pct < 2.0,
             )
         )
     if args.int8:
@@ -129,13 +129,13 @@ def main() -> None:
     if f:
         lines += [
             "",
-            f"Compute floor: {f['gflop_per_image']:.2f} GFLOP per image at "
-            f"{f['peak_gflops']:.0f} GFLOP/s (larger of nominal {f['peak_gflops_nominal']:.0f}: "
-            f"{f['nominal_basis']}, and a measured MatMul {f['peak_gflops_matmul']:.0f}; on "
-            f"{rx.threads} threads) = {f['floor_ms_per_image']:.1f} ms. The best batch-1 "
-            f"path takes {f['best_batch1_ms']:.1f} ms ({f['efficiency_batch1']:.0%} of the "
+            f"Compute floor: {f.gflop_per_image:.2f} GFLOP per image at "
+            f"{f.peak_gflops:.0f} GFLOP/s (larger of nominal {f.peak_gflops_nominal:.0f}: "
+            f"{f.nominal_basis}, and a measured MatMul {f.peak_gflops_matmul:.0f}; on "
+            f"{rx.threads} threads) = {f.floor_ms_per_image:.1f} ms. The best batch-1 "
+            f"path takes {f.best_batch1_ms:.1f} ms ({f.efficiency_batch1:.0%} of the "
             f"floor); the best per-image time over batch sizes is "
-            f"{f['best_ms_per_image']:.1f} ms ({f['efficiency_best']:.0%}).",
+            f"{f.best_ms_per_image:.1f} ms ({f.efficiency_best:.0%}).",
         ]
     lines += [
         "",

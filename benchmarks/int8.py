@@ -242,7 +242,7 @@ def main() -> int:
     args = parser.parse_args()
 
     from resnext_deploy.environment import environment
-    from resnext_deploy.runtime.cpu import cpu_isa
+    from resnext_deploy.machine.cpu import cpu_info
 
     started = time.time()
     command = "python benchmarks/int8.py " + " ".join(sys.argv[1:])
@@ -278,7 +278,7 @@ def main() -> int:
         "command": command,
         "environment": environment(
             {
-                "cpu_isa": cpu_isa().to_dict(),
+                "cpu_isa": cpu_info().to_dict(),
                 "threads": args.threads,
                 "load_average_1min": {"before_timing": load_before, "after_timing": load_after},
             }

@@ -13,7 +13,7 @@ from resnext_deploy.artifact import (
 )
 from resnext_deploy.bench.backends import DEFAULT_BACKENDS, BenchBackend
 from resnext_deploy.bench.report import BenchReport, load_report
-from resnext_deploy.bench.run import BenchConfig, run_benchmark
+from resnext_deploy.bench.run import BenchConfig, BenchRun, run_benchmark
 from resnext_deploy.errors import (
     ArtifactError,
     BenchmarkError,
@@ -32,6 +32,7 @@ from resnext_deploy.export.pipeline import (
     export_checkpoint,
     export_model,
 )
+from resnext_deploy.localize import CheckedArtifact, check_artifact
 from resnext_deploy.models.checkpoint import LoadOptions, load_model, read_checkpoint
 from resnext_deploy.models.registry import ARCHS, build_model, describe
 from resnext_deploy.parity import ParityReport
@@ -59,9 +60,11 @@ __all__ = [
     "BenchBackend",
     "BenchConfig",
     "BenchReport",
+    "BenchRun",
     "BenchmarkError",
     "BoundCall",
     "CalibrationConfig",
+    "CheckedArtifact",
     "CheckpointError",
     "Classifier",
     "ConfigError",
@@ -90,6 +93,7 @@ __all__ = [
     "Variant",
     "VerifyConfig",
     "build_model",
+    "check_artifact",
     "create_session",
     "describe",
     "export_checkpoint",

@@ -1,4 +1,5 @@
-"""The export directory's format in one place: file names, variants, tolerances, the manifest.
+"""The export directory's format in one place: file names, tensor names and types, variants,
+tolerances, the manifest, and the name a served export goes by.
 
 An export directory holds ``weights.pt``, ``model.torchscript.pt``, ``model.onnx``,
 ``parity.json`` (the core files, always present), any :class:`Variant` files and
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -38,8 +40,24 @@ TORCHSCRIPT_VERSIONS_EXTRA = "versions.json"
 INPUT_NAME = "input"
 IMAGE_INPUT_NAME = "image"
 OUTPUT_NAME = "logits"
-PROBABILITIES_NAME = "probabilities"
+PROBABILITIES_NAME = "probabilities"  # the preprocessing graph's second output
 BATCH_AXIS = "batch"
+# ONNX element types (as onnx's TensorProto names them, lower case, and as onnxruntime writes
+# them inside ``tensor(...)``) -> KServe v2 datatypes. Triton's config names are these with a
+# ``TYPE_`` prefix (``TYPE_FP32``), so both the Triton writer and the server read this table.
+ONNX_TO_V2 = {
+    "float": "FP32",
+    "float16": "FP16",
+    "double": "FP64",
+    "uint8": "UINT8",
+    "int8": "INT8",
+    "int32": "INT32",
+    "int64": "INT64",
+    "bool": "BOOL",
+}
+# A served model's name is one URL path segment, one Ray deployment name and one Triton model
+# folder: nothing a config quote, a URL or a shell could misread.
+MODEL_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -121,10 +139,6 @@ class Variant(StrEnum):
         """Backend-name suffix: ``onnxruntime-cpu`` + ``-fp16`` etc. (fp32 has none)."""
         return {Variant.FP32: "", Variant.PREPROCESS: "-preproc"}.get(self, f"-{self.value}")
 
-    @classmethod
-    def from_file(cls, name: str) -> Variant | None:
-        return next((v for v in cls if v.file == name), None)
-
 
 _VARIANT_FILES = {
     Variant.FP32: ONNX_FILE,
@@ -132,7 +146,23 @@ _VARIANT_FILES = {
     Variant.INT8: "model.int8.onnx",
     Variant.PREPROCESS: "model.preprocess.onnx",
 }
-KNOWN_FILES = (*CORE_FILES, *(v.file for v in Variant if v is not Variant.FP32), MANIFEST_FILE)
+
+
+def check_model_name(name: str, what: str = "model name") -> str:
+    """Return ``name``, or raise :class:`ConfigError` (``what`` names the kind of name): letters,
+    digits, ``_ . -`` only, no ``..``, no path separators or quotes, at most 128 characters."""
+    if not MODEL_NAME.fullmatch(name) or ".." in name:
+        raise ConfigError(
+            f"{what} {name!r} is not allowed: use letters, digits, '_', '-' and '.' "
+            "(no '/', '..' or quotes; at most 128 characters, not starting with '.' or '-')"
+        )
+    return name
+
+
+def model_name_for(arch: str, what: str = "model name") -> str:
+    """The default served name of an ``arch``: characters a model name cannot hold become
+    ``_``. Raises :class:`ConfigError` where the result is still not a model name."""
+    return check_model_name(re.sub(r"[^A-Za-z0-9_.-]", "_", arch), what)
 
 
 def parse_variant(text: str) -> Variant:

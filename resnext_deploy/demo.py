@@ -10,11 +10,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from rich.console import Console
 
 from resnext_deploy.errors import ParityError
+
+if TYPE_CHECKING:
+    from resnext_deploy.data import Split
+    from resnext_deploy.export.pipeline import ExportResult
+    from resnext_deploy.predict import Classifier
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -38,31 +44,68 @@ class DemoResult:
     bench_files: dict[str, Path]
 
 
+@dataclass(frozen=True)
+class _Demo:
+    """One demo run: its config, where it narrates (``console``) and where progress goes
+    (``err``)."""
+
+    config: DemoConfig
+    console: Console
+    err: Console
+
+    @property
+    def samples_dir(self) -> Path:
+        """The held-out images, saved as PNG files: the predictor's input in step 5."""
+        return self.config.run_dir / "held-out"
+
+    def step(self, n: int, text: str) -> None:
+        self.console.rule(f"[bold]{n}/5 {text}")
+
+
+@dataclass(frozen=True)
+class _Trained:
+    """The checkpoint, and the held-out split it was validated on (saved as images in step 1,
+    scored again in step 3)."""
+
+    checkpoint: Path
+    held_out: Split
+
+
+@dataclass(frozen=True)
+class _HeldOutAccuracy:
+    """Top-1 of both runtimes on the held-out digits; ``classifier`` is the torch-free one,
+    kept for step 5."""
+
+    torch: float
+    onnx: float
+    disagreements: int
+    classifier: Classifier
+
+
 def run_demo(config: DemoConfig, console: Console, err: Console) -> DemoResult:
+    """Run the five steps, narrated on ``console``. Raises :class:`ParityError` when the export
+    and PyTorch disagree on a held-out digit, and what each step raises."""
+    demo = _Demo(config, console, err)
+    trained = _train_on_digits(demo)
+    exported = _export_every_precision(demo, trained.checkpoint)
+    accuracy = _compare_held_out_accuracy(demo, trained, exported.out_dir)
+    files = _benchmark_backends(demo, exported.out_dir)
+    _classify_samples(demo, accuracy.classifier)
+    _print_where_everything_is(demo, exported.out_dir, files)
+    return DemoResult(
+        accuracy.torch, accuracy.onnx, accuracy.disagreements, exported.out_dir, files
+    )
+
+
+def _train_on_digits(demo: _Demo) -> _Trained:
+    """Step 1, and the held-out split saved as images for the later steps."""
     from PIL import Image
 
-    from resnext_deploy.bench.backends import DEFAULT_BACKENDS, BenchBackend
-    from resnext_deploy.bench.files import write_reports
-    from resnext_deploy.bench.run import BenchConfig, run_benchmark
-    from resnext_deploy.export.calibration import CalibrationConfig
-    from resnext_deploy.export.pipeline import ExportConfig, export_checkpoint
-    from resnext_deploy.export.variants import Precision
-    from resnext_deploy.models.checkpoint import LoadOptions, load_model
-    from resnext_deploy.predict import Classifier, predict_paths
-    from resnext_deploy.render import (
-        RichTrainObserver,
-        print_bench,
-        print_parity,
-        print_predictions,
-    )
-    from resnext_deploy.timing import Timing
-    from resnext_deploy.train import TrainConfig, evaluate, train
-    from resnext_deploy.verify import VerifyConfig
+    from resnext_deploy.render import RichTrainObserver
+    from resnext_deploy.train import TrainConfig, train
 
-    def step(n: int, text: str) -> None:
-        console.rule(f"[bold]{n}/5 {text}")
-
-    step(
+    config = demo.config
+    demo.step(
         1,
         f"Train {config.arch} on the digits (scikit-learn's 1,797 real 8x8 scans, "
         f"upscaled to {config.input_size}px; seeded 80/20 split)",
@@ -76,51 +119,72 @@ def run_demo(config: DemoConfig, console: Console, err: Console) -> DemoResult:
         lr=config.lr,
         overwrite=True,  # the demo's run folder is its own: a rerun replaces it
     )
-    with RichTrainObserver(err) as observer:
+    with RichTrainObserver(demo.err) as observer:
         trained = train(train_cfg, observer)
     val = trained.val_images
     assert val is not None  # train() always returns its validation split
-    console.print(
+    demo.console.print(
         f"best validation accuracy {trained.best_val_acc:.2%} (epoch "
         f"{trained.best_epoch}); checkpoint {trained.checkpoint}, curves {trained.curves}"
     )
-    samples_dir = config.run_dir / "held-out"
-    samples_dir.mkdir(parents=True, exist_ok=True)
+    demo.samples_dir.mkdir(parents=True, exist_ok=True)
     for i in range(len(val)):
-        Image.fromarray(val.images[i]).save(samples_dir / f"{i:03d}_label{val.labels[i]}.png")
+        Image.fromarray(val.images[i]).save(demo.samples_dir / f"{i:03d}_label{val.labels[i]}.png")
+    return _Trained(trained.checkpoint, val)
 
-    step(2, "Export TorchScript + ONNX (fp32, fp16, int8, uint8-input graph), gated by parity")
-    with err.status("exporting (int8 calibration takes a few seconds) ..."):
+
+def _export_every_precision(demo: _Demo, checkpoint: Path) -> ExportResult:
+    """Step 2: every precision and the preprocessing graph, gated by parity on the held-out
+    images as well as random ones."""
+    from resnext_deploy.export.calibration import CalibrationConfig
+    from resnext_deploy.export.pipeline import ExportConfig, export_checkpoint
+    from resnext_deploy.export.variants import Precision
+    from resnext_deploy.models.checkpoint import LoadOptions
+    from resnext_deploy.render import print_parity
+    from resnext_deploy.verify import VerifyConfig
+
+    demo.step(2, "Export TorchScript + ONNX (fp32, fp16, int8, uint8-input graph), gated by parity")
+    with demo.err.status("exporting (int8 calibration takes a few seconds) ..."):
         exported = export_checkpoint(
-            trained.checkpoint,
+            checkpoint,
             LoadOptions(),
             ExportConfig(
-                out_dir=config.export_dir,
+                out_dir=demo.config.export_dir,
                 overwrite=True,
-                verify=VerifyConfig(batch_sizes=(1, 2, 3, 8), images=(samples_dir,)),
+                verify=VerifyConfig(batch_sizes=(1, 2, 3, 8), images=(demo.samples_dir,)),
                 precisions=tuple(Precision),
                 embed_preprocess=True,
                 calibration=CalibrationConfig(source="digits"),
             ),
         )
-    print_parity(console, exported.parity)
+    print_parity(demo.console, exported.parity)
     groups = ", ".join(f"{n} with group={g}" for g, n in exported.convs.by_group.items())
-    console.print(
+    demo.console.print(
         f"ONNX graph: {exported.convs.total} Conv nodes ({groups}); the spec (classes, "
         "input size, mean/std) is inside every file's metadata"
     )
     if exported.int8:
         q = exported.int8
-        console.print(
+        demo.console.print(
             f"int8: top-1 agreement with fp32 {q.top1_agreement:.2%} on "
             f"{q.held_out_images} held-out digits (gate 99%); "
             f"{q.fp32_bytes / 1e6:.2f} MB -> {q.int8_bytes / 1e6:.2f} MB"
         )
+    return exported
 
-    step(3, "Held-out accuracy: PyTorch eager vs onnxruntime on the same images")
+
+def _compare_held_out_accuracy(demo: _Demo, trained: _Trained, out_dir: Path) -> _HeldOutAccuracy:
+    """Step 3: PyTorch eager and onnxruntime on the same held-out digits. Raises
+    :class:`ParityError` when they pick a different class for any of them."""
+    from resnext_deploy.models.checkpoint import load_model
+    from resnext_deploy.predict import Classifier
+    from resnext_deploy.train import evaluate
+
+    demo.step(3, "Held-out accuracy: PyTorch eager vs onnxruntime on the same images")
+    val = trained.held_out
     model, spec = load_model(trained.checkpoint)
     _, acc_torch, pred_torch = evaluate(model, val, spec)
-    classifier = Classifier(exported.out_dir)
+    classifier = Classifier(out_dir)
     pred_onnx = np.concatenate(
         [
             classifier.probabilities(list(val.images[i : i + 128])).argmax(1)
@@ -129,40 +193,61 @@ def run_demo(config: DemoConfig, console: Console, err: Console) -> DemoResult:
     )
     acc_onnx = float((pred_onnx == val.labels).mean())
     disagreements = int((pred_onnx != pred_torch).sum())
-    console.print(
+    demo.console.print(
         f"PyTorch top-1 {acc_torch:.2%}, onnxruntime top-1 {acc_onnx:.2%} on "
         f"{len(val)} held-out digits; {disagreements} predictions differ"
     )
     if disagreements:
         raise ParityError(f"onnxruntime and PyTorch disagree on {disagreements} held-out digits")
+    return _HeldOutAccuracy(acc_torch, acc_onnx, disagreements, classifier)
 
-    step(4, "Benchmark every backend across batch sizes on this CPU")
-    with err.status("benchmarking ..."):
+
+def _benchmark_backends(demo: _Demo, out_dir: Path) -> dict[str, Path]:
+    """Step 4: every backend, fp16 and int8 included, at the demo's batch sizes. Returns the
+    report files written, by format."""
+    from resnext_deploy.bench.backends import DEFAULT_BACKENDS, BenchBackend
+    from resnext_deploy.bench.files import write_reports
+    from resnext_deploy.bench.run import BenchConfig, run_benchmark
+    from resnext_deploy.render import print_bench
+    from resnext_deploy.timing import Timing
+
+    demo.step(4, "Benchmark every backend across batch sizes on this CPU")
+    with demo.err.status("benchmarking ..."):
         report = run_benchmark(
-            str(exported.out_dir),
+            str(out_dir),
             BenchConfig(
                 backends=(
                     *DEFAULT_BACKENDS,
                     BenchBackend.ONNXRUNTIME_FP16,
                     BenchBackend.ONNXRUNTIME_INT8,
                 ),
-                batch_sizes=config.bench_batch_sizes,
+                batch_sizes=demo.config.bench_batch_sizes,
                 measure_overhead=False,
                 timing=Timing(warmup=3, min_iters=20, min_time_s=0.5),
                 command="resnext-deploy demo",
             ),
-        )
-    files = write_reports(report, config.run_dir / "bench", "demo-cpu")
-    print_bench(console, report)
+        ).report
+    files = write_reports(report, demo.config.run_dir / "bench", "demo-cpu")
+    print_bench(demo.console, report)
+    return files
 
-    step(5, "Classify a few held-out images with the torch-free predictor")
-    picks = sorted(samples_dir.iterdir())[: config.samples]
-    print_predictions(console, predict_paths(classifier, picks, top_k=3).predictions)
 
-    console.rule("[bold]Where everything is")
-    out = exported.out_dir
-    console.print(
-        f"checkpoint + curves  {config.run_dir / 'train'}\n"
+def _classify_samples(demo: _Demo, classifier: Classifier) -> None:
+    """Step 5: the first few held-out images, as files, through the torch-free predictor."""
+    from resnext_deploy.predict import predict_paths
+    from resnext_deploy.render import print_predictions
+
+    demo.step(5, "Classify a few held-out images with the torch-free predictor")
+    picks = sorted(demo.samples_dir.iterdir())[: demo.config.samples]
+    print_predictions(demo.console, predict_paths(classifier, picks, top_k=3).predictions)
+
+
+def _print_where_everything_is(demo: _Demo, out: Path, files: dict[str, Path]) -> None:
+    """The files the demo left, what its numbers mean, and the commands to try next."""
+    samples_dir = demo.samples_dir
+    demo.console.rule("[bold]Where everything is")
+    demo.console.print(
+        f"checkpoint + curves  {demo.config.run_dir / 'train'}\n"
         f"export (verified)    {out}: model.onnx (+ .fp16 .int8 .preprocess), "
         "model.torchscript.pt, weights.pt, parity.json, manifest.json\n"
         f"held-out images      {samples_dir}\n"
@@ -175,4 +260,3 @@ def run_demo(config: DemoConfig, console: Console, err: Console) -> DemoResult:
         highlight=False,
         soft_wrap=True,
     )
-    return DemoResult(acc_torch, acc_onnx, disagreements, out, files)

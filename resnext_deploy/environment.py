@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import platform
 from datetime import UTC, datetime
 from importlib import metadata
 from typing import Any
+
+from resnext_deploy.machine.cpu import cpu_info
+from resnext_deploy.machine.gpu import gpu_properties
 
 TOOL_PACKAGES = (
     "resnext-deploy",
@@ -34,58 +36,26 @@ def package_versions(packages: tuple[str, ...] = TOOL_PACKAGES) -> dict[str, str
     return found
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def gpu_info() -> dict[str, str] | None:
-    """Name and driver of the first NVIDIA GPU, or ``None`` when there is none (no torch needed)."""
-    import shutil
-    import subprocess
-
-    if shutil.which("nvidia-smi") is None:
+def gpu_summary() -> dict[str, str] | None:
+    """Name, driver and total memory of CUDA device 0, or ``None`` when there is none."""
+    gpu = gpu_properties(0)
+    if gpu is None:
         return None
-    try:
-        out = (
-            subprocess.run(
-                [
-                    "nvidia-smi",
-                    "--query-gpu=name,driver_version,memory.total",
-                    "--format=csv,noheader",
-                ],
-                capture_output=True,
-                text=True,
-                timeout=10,
-                check=True,
-            )
-            .stdout.strip()
-            .splitlines()
-        )
-    except (subprocess.SubprocessError, OSError):
-        return None
-    if not out:
-        return None
-    name, driver, memory = (part.strip() for part in out[0].split(",", 2))
-    return {"name": name, "driver": driver, "memory": memory}
+    # nvidia-smi's "memory.total" as it prints it: whole MiB
+    return {"name": gpu.name, "driver": gpu.driver, "memory": f"{int(gpu.memory_mb)} MiB"}
 
 
 def environment(extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Machine, library versions and date, for result files."""
+    cpu = cpu_info()
     env: dict[str, Any] = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "host": platform.node(),
         "platform": platform.platform(),
         "python": platform.python_version(),
-        "cpu": cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "gpu": gpu_info(),
+        "cpu": cpu.model,
+        "cpu_count": cpu.logical_cores,
+        "gpu": gpu_summary(),
         "versions": package_versions(),
     }
     if extra:

@@ -31,9 +31,10 @@ from __future__ import annotations
 
 import ast
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -42,8 +43,10 @@ from resnext_deploy.errors import ArtifactError, ConfigError
 from resnext_deploy.parity import ParityReport
 from resnext_deploy.runtime.providers import Provider, SessionConfig
 
+if TYPE_CHECKING:
+    from resnext_deploy.verify import VerifyConfig
+
 SCOPES_KEY = "pkg.torch.onnx.name_scopes"
-HIERARCHY_KEY = "pkg.torch.onnx.class_hierarchy"
 LEAF_OPS = ("Conv", "Gemm", "MatMul", "MaxPool", "AveragePool", "GlobalAveragePool", "ReduceMean")
 FP16_MAX = 65504.0
 
@@ -487,3 +490,46 @@ def localization_batch(spec: Any, config: LocalizeConfig) -> tuple[np.ndarray, s
     size = spec.input_size
     batch = rng.standard_normal((config.batch_size, 3, size, size), dtype=np.float32)
     return batch, f"random batch={config.batch_size} (seed {config.seed})"
+
+
+@dataclass(frozen=True)
+class CheckedArtifact:
+    """``verify``'s outcome: the parity report, and where parity broke when it was localized."""
+
+    parity: ParityReport
+    localization: LocalizationReport | None = None
+
+    @property
+    def passed(self) -> bool:
+        return self.parity.passed
+
+    def failed_backends(self) -> list[str]:
+        return [b.backend for b in self.parity.backends if not b.passed]
+
+    def to_dict(self) -> dict[str, Any]:
+        extra = {"localization": self.localization.to_dict()} if self.localization else {}
+        return self.parity.to_dict() | extra
+
+
+def check_artifact(
+    artifact: Artifact,
+    config: VerifyConfig,
+    localize_all: bool = False,
+    progress: Callable[[str], None] | None = None,
+) -> CheckedArtifact:
+    """Parity of every backend (``config``: a :class:`~resnext_deploy.verify.VerifyConfig`),
+    then, layer by layer on the same images and seed, every onnxruntime backend that failed
+    (with ``localize_all``: every ONNX variant), so that a failure names the first module beyond
+    tolerance without a second command."""
+    from resnext_deploy.verify import verify_artifact
+
+    if progress:
+        progress("comparing backends")
+    report = verify_artifact(artifact, config)
+    where = LocalizeConfig(images=config.images, seed=config.seed)
+    targets = localization_targets(report, artifact, where, everything=localize_all)
+    if not targets:
+        return CheckedArtifact(report)
+    if progress:
+        progress("comparing layer by layer")
+    return CheckedArtifact(report, localize_artifact(artifact, where, targets))

@@ -42,6 +42,12 @@ class PredictResult:
     predictions: list[Prediction] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
 
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "predictions": [p.to_dict() for p in self.predictions],
+            "failures": self.failures,
+        }
+
 
 def softmax(logits: np.ndarray) -> np.ndarray:
     z = logits - logits.max(axis=1, keepdims=True)

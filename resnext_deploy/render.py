@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
+from rich.table import Column, Table
 
 from resnext_deploy.bench.compare import Change
 from resnext_deploy.bench.report import BenchReport
@@ -14,6 +17,24 @@ from resnext_deploy.doctor.report import DoctorReport
 from resnext_deploy.inspect_model import ModelInfo
 from resnext_deploy.parity import ParityReport
 from resnext_deploy.runtime.placement import Placement
+from resnext_deploy.terminal import plain
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from rich.progress import TaskID
+
+    from resnext_deploy.artifact import Tolerance
+    from resnext_deploy.bench.harness import Measurement
+    from resnext_deploy.bench.profile import ProfileReport
+    from resnext_deploy.bench.run import BenchRun
+    from resnext_deploy.export.pipeline import ExportResult
+    from resnext_deploy.export.quantize import Int8Result
+    from resnext_deploy.localize import CheckedArtifact, LocalizationReport
+    from resnext_deploy.models.registry import ArchInfo
+    from resnext_deploy.predict import Prediction
+    from resnext_deploy.serve.run import ServeInfo
+    from resnext_deploy.train import EpochStats, TrainResult
 
 
 def parity_table(report: ParityReport) -> Table:
@@ -42,7 +63,7 @@ def print_parity(console: Console, report: ParityReport) -> None:
     for name, why in report.skipped.items():
         console.print(f"[yellow]skipped[/] {name}: {escape(why)}", highlight=False, soft_wrap=True)
     print_placements(console, report.placements)
-    groups: dict[Any, list[str]] = {}
+    groups: dict[Tolerance, list[str]] = {}
     for b in report.backends:
         groups.setdefault(b.tolerance, []).append(b.backend)
     for tol, names in groups.items():
@@ -63,7 +84,7 @@ def print_parity(console: Console, report: ParityReport) -> None:
     console.print("[green]PARITY OK[/]" if report.passed else "[red]PARITY FAILED[/]")
 
 
-def print_models(console: Console, infos: list[Any]) -> None:
+def print_models(console: Console, infos: list[ArchInfo]) -> None:
     """The architecture registry (``resnext-deploy models``)."""
     table = Table(title="Registered architectures (1000 classes, default input size)")
     for col in ("name", "blocks", "C", "d", "stem", "input", "params M", "GMACs"):
@@ -87,7 +108,7 @@ def print_models(console: Console, infos: list[Any]) -> None:
     )
 
 
-def print_export(console: Console, result: Any) -> None:
+def print_export(console: Console, result: ExportResult) -> None:
     """What ``export`` wrote and why it can be trusted."""
     print_parity(console, result.parity)
     groups = ", ".join(f"{n}x group={g}" for g, n in result.convs.by_group.items())
@@ -103,10 +124,10 @@ def print_export(console: Console, result: Any) -> None:
     )
 
 
-def int8_summary(q: Any) -> str:
+def int8_summary(q: Int8Result) -> str:
     """One line on the int8 variant: size, agreement with fp32 and, where measured, speed."""
     parts = [f"{q.fp32_bytes / 1e6:.1f} MB -> {q.int8_bytes / 1e6:.1f} MB"]
-    if getattr(q, "fp32_ms", None) and getattr(q, "int8_ms", None):
+    if q.fp32_ms and q.int8_ms:
         parts.append(
             f"batch-1 {q.fp32_ms:.1f} ms -> {q.int8_ms:.1f} ms ({q.fp32_ms / q.int8_ms:.2f}x)"
         )
@@ -131,22 +152,27 @@ def print_model_info(console: Console, info: ModelInfo) -> None:
     if info.conv_groups:
         groups = ", ".join(f"{n} with group={g}" for g, n in info.conv_groups.items())
         console.print(f"convolutions: {sum(info.conv_groups.values())} ({groups})")
-    ops = Table(title="operators")
-    ops.add_column("op")
-    ops.add_column("count", justify="right")
-    for op, n in info.op_counts.items():
-        ops.add_row(op, str(n))
-    console.print(ops)
+    counts = ((op, str(n)) for op, n in info.op_counts.items())
+    _print_pairs(console, "operators", ("op", Column("count", justify="right")), counts)
     if info.metadata:
-        meta = Table(title="metadata")
-        meta.add_column("key")
-        meta.add_column("value", overflow="fold")
-        for k, v in info.metadata.items():
-            meta.add_row(k, _short(v))
-        console.print(meta)
+        meta = ((k, _short(v)) for k, v in info.metadata.items())
+        _print_pairs(console, "metadata", ("key", Column("value", overflow="fold")), meta)
 
 
-def predictions_csv(predictions: list[Any]) -> str:
+def _print_pairs(
+    console: Console,
+    title: str,
+    columns: tuple[str | Column, str | Column],
+    pairs: Iterable[tuple[str, str]],
+) -> None:
+    """A two-column table: operator counts, metadata."""
+    table = Table(*columns, title=title)
+    for key, value in pairs:
+        table.add_row(key, value)
+    console.print(table)
+
+
+def predictions_csv(predictions: list[Prediction]) -> str:
     """One row per (image, rank): file, rank, label, index, probability."""
     import csv
     import io
@@ -162,7 +188,7 @@ def predictions_csv(predictions: list[Any]) -> str:
     return buffer.getvalue()
 
 
-def print_predictions(console: Console, predictions: list[Any]) -> None:
+def print_predictions(console: Console, predictions: list[Prediction]) -> None:
     table = Table(title="Predictions")
     table.add_column("file", overflow="fold")
     table.add_column("top-1")
@@ -191,7 +217,7 @@ class RichTrainObserver:
             console=console,
             transient=True,
         )
-        self.task: Any = None
+        self.task: TaskID | None = None
 
     def __enter__(self) -> RichTrainObserver:
         self.progress.start()
@@ -206,9 +232,10 @@ class RichTrainObserver:
         self.task = self.progress.add_task(f"epoch {epoch}", total=batches)
 
     def advance(self) -> None:
+        assert self.task is not None  # start_epoch comes first
         self.progress.advance(self.task)
 
-    def end_epoch(self, stats: Any) -> None:
+    def end_epoch(self, stats: EpochStats) -> None:
         self.progress.console.print(
             f"epoch {stats.epoch:>3}  train loss {stats.train_loss:.3f} acc {stats.train_acc:6.1%}"
             f"  |  val loss {stats.val_loss:.3f} acc {stats.val_acc:6.1%}  ({stats.seconds:.1f} s)",
@@ -216,7 +243,7 @@ class RichTrainObserver:
         )
 
 
-def print_training(console: Console, result: Any) -> None:
+def print_training(console: Console, result: TrainResult) -> None:
     for line in result.skipped:
         console.print(f"[yellow]skipped[/] {escape(line)}", highlight=False, soft_wrap=True)
     names = result.spec.labels()
@@ -240,6 +267,23 @@ def print_training(console: Console, result: Any) -> None:
 
 
 def print_bench(console: Console, report: BenchReport) -> None:
+    """The latency table, the rows that failed and why, then what the run found."""
+    table, failed = _bench_table(report)
+    console.print(table)
+    for m in failed:
+        console.print(
+            f"[red]{m.backend} batch {m.batch_size}: {m.status.value}[/] {m.error}",
+            highlight=False,
+        )
+    _print_bench_findings(console, report)
+    placed = [d for d in report.backends if "placement" in d]
+    print_placements(console, {d["name"]: Placement.from_dict(d["placement"]) for d in placed})
+    _print_engines(console, report)
+
+
+def _bench_table(report: BenchReport) -> tuple[Table, list[Measurement]]:
+    """One row per measurement, batch-major, backends in the order they ran; and the rows
+    without timings."""
     table = Table(
         title=f"{report.arch} {report.input_size}px on {report.provider}, "
         f"{report.threads} threads: latency per call"
@@ -250,7 +294,7 @@ def print_bench(console: Console, report: BenchReport) -> None:
     for col in [*cols, "1st ms"]:
         table.add_column(col, justify="left" if col == "backend" else "right", no_wrap=True)
     failed = []
-    for m in report.results:  # batch-major, backends in the order they ran
+    for m in report.results:
         s = m.stats
         if s is None:
             failed.append(m)
@@ -269,29 +313,31 @@ def print_bench(console: Console, report: BenchReport) -> None:
             *e2e,
             f"{m.first_call_ms or 0:.0f}",
         )
-    console.print(table)
-    for m in failed:
-        console.print(
-            f"[red]{m.backend} batch {m.batch_size}: {m.status.value}[/] {m.error}",
-            highlight=False,
-        )
+    return table, failed
+
+
+def _print_bench_findings(console: Console, report: BenchReport) -> None:
+    """Harness overhead, the compute floor (CPU) and the best configuration (``--tune``)."""
     if report.overhead:
         o = report.overhead
         console.print(
-            f"harness overhead: {o['cost_us']:.2f} us per timed call "
-            f"({o['overhead_pct']:.3f}% of {o['bare_ms']:.2f} ms)"
+            f"harness overhead: {o.cost_us:.2f} us per timed call "
+            f"({o.overhead_pct:.3f}% of {o.bare_ms:.2f} ms)"
         )
     f = report.compute_floor
-    if f and f.get("floor_ms_per_image") and f.get("efficiency_batch1"):
+    if f and f.floor_ms_per_image and f.efficiency_batch1:
         console.print(
-            f"compute floor {f['floor_ms_per_image']:.1f} ms/image "
-            f"({f['gflop_per_image']:.2f} GFLOP at {f['peak_gflops']:.0f} GFLOP/s peak); "
-            f"best batch-1 path reaches {f['efficiency_batch1']:.0%} of it"
+            f"compute floor {f.floor_ms_per_image:.1f} ms/image "
+            f"({f.gflop_per_image:.2f} GFLOP at {f.peak_gflops:.0f} GFLOP/s peak); "
+            f"best batch-1 path reaches {f.efficiency_batch1:.0%} of it"
         )
     for b, name in (report.tuning or {}).items():
         console.print(f"best provider configuration at batch {b}: {name}")
-    placed = [d for d in report.backends if "placement" in d]
-    print_placements(console, {d["name"]: Placement.from_dict(d["placement"]) for d in placed})
+
+
+def _print_engines(console: Console, report: BenchReport) -> None:
+    """TensorRT: how each engine came to be (built or loaded with its session) and the
+    optimization profile each row's engine was built for."""
     for d in report.backends:
         for engine in d.get("engines") or [d]:  # TensorRT on a GPU: one engine per batch size
             build = engine.get("session_build") or {}
@@ -369,12 +415,12 @@ def print_comparison(console: Console, changes: list[Change], threshold: float) 
     console.print(f"[red]{n} regression(s)[/]" if n else "[green]no regressions[/]")
 
 
-def _short(value: Any, limit: int = 200) -> str:
+def _short(value: object, limit: int = 200) -> str:
     text = str(value)
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def print_serving(console: Console, info: Any) -> None:
+def print_serving(console: Console, info: ServeInfo) -> None:
     """Where a served model answers (a :class:`resnext_deploy.serve.run.ServeInfo`)."""
     where = f"Ray cluster {info.cluster}" if info.cluster else "a local Ray"
     batching = "dynamic batching" if info.batching else "no batching"
@@ -391,7 +437,9 @@ def print_serving(console: Console, info: Any) -> None:
     )
 
 
-def print_localization(console: Console, report: Any, rows: int | None = None) -> None:
+def print_localization(
+    console: Console, report: LocalizationReport, rows: int | None = None
+) -> None:
     """Per-layer error tables of a :class:`~resnext_deploy.localize.LocalizationReport`, each
     headed by the first module beyond tolerance (fp16: where values first leave its range)."""
     for loc in report.results:
@@ -435,7 +483,7 @@ def print_localization(console: Console, report: Any, rows: int | None = None) -
             console.print(f"[yellow]not compared[/] {name}: {why}", highlight=False)
 
 
-def print_profile(console: Console, report: Any) -> None:
+def print_profile(console: Console, report: ProfileReport) -> None:
     """Time per op kind and the top nodes of each profiled variant, then int8 vs fp32 per
     convolution class (a :class:`~resnext_deploy.bench.profile.ProfileReport`)."""
     console.print(
@@ -477,7 +525,7 @@ def print_profile(console: Console, report: Any) -> None:
         console.print(table)
 
 
-def print_int8_choice(console: Console, q: Any) -> None:
+def print_int8_choice(console: Console, q: Int8Result) -> None:
     """Which layers stay fp32 and why, what runs where, and warnings about this CPU."""
     for layer in q.fp32_layers:
         console.print(f"  fp32: {layer.module} ({layer.reason})", highlight=False)
@@ -489,3 +537,62 @@ def print_int8_choice(console: Console, q: Any) -> None:
         )
     for note in q.warnings:
         console.print(f"[yellow]warning[/] int8: {note}", highlight=False)
+
+
+def print_checked(console: Console, checked: CheckedArtifact) -> None:
+    """``verify``'s outcome: the parity table, then the layer-by-layer tables when localized."""
+    print_parity(console, checked.parity)
+    if checked.localization:
+        print_localization(console, checked.localization)
+
+
+def print_failures(console: Console, failures: list[str]) -> None:
+    """The files ``predict`` could not classify, one escaped line each, then their count."""
+    for failure in failures:
+        console.print(f"[red]skipped[/] {plain(failure)}", highlight=False, soft_wrap=True)
+    if failures:
+        console.print(f"{len(failures)} file(s) could not be classified")
+
+
+@contextmanager
+def bench_progress(console: Console, total: int) -> Iterator[Callable[[str], None]]:
+    """A progress bar for ``bench``: the callback names the step; a measurement
+    (``"<backend> batch=<b>"``) advances it."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    columns = ("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn())
+    with Progress(*columns, TimeElapsedColumn(), console=console, transient=True) as bar:
+        task = bar.add_task("preparing", total=total)
+
+        def progress(step: str) -> None:
+            bar.update(task, description=plain(step), advance=1 if "batch=" in step else 0)
+
+        yield progress
+
+
+def print_triton_repository(console: Console, model_dir: Path, repository: Path, gpu: bool) -> None:
+    """The written ``config.pbtxt``, then how to serve the repository with Triton."""
+    console.print((model_dir / "config.pbtxt").read_text(), highlight=False, markup=False)
+    console.print(
+        f"[green]wrote[/] {plain(str(model_dir))} - serve it with:\n"
+        f"  docker run --rm {'--gpus all ' if gpu else ''}-p 8000:8000 -p 8001:8001 "
+        f"-v {plain(str(repository.resolve()))}:/models nvcr.io/nvidia/tritonserver:<yy.mm>-py3 "
+        "tritonserver --model-repository=/models",
+        highlight=False,
+    )
+
+
+def print_written(console: Console, paths: dict[str, Path]) -> None:
+    console.print("written: " + ", ".join(plain(str(p)) for p in paths.values()), highlight=False)
+
+
+def print_bench_run(out: Console, err: Console, run: BenchRun, tables: bool = True) -> None:
+    """``bench``'s tables (with ``tables``) and the files it wrote; the profile's file names go
+    to ``err``, so that stdout keeps one JSON document when the tables are left out."""
+    if tables:
+        print_bench(out, run.report)
+        print_written(out, run.files)
+        if run.profile:
+            print_profile(out, run.profile)
+    if run.profile_files:
+        print_written(err, run.profile_files)

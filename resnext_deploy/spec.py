@@ -89,10 +89,6 @@ class ArchConfig:
         except (TypeError, ValueError) as exc:
             raise ArtifactError(f"architecture config is invalid: {exc}") from None
 
-    @property
-    def depth(self) -> int:
-        return 3 * sum(self.layers) + 2
-
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["layers"] = list(self.layers)

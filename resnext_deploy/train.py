@@ -17,12 +17,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from resnext_deploy.data import DIGITS, DIGITS_MEAN, DIGITS_STD, Split, load_dataset
+from resnext_deploy.data import DIGITS, DIGITS_MEAN, DIGITS_STD, Dataset, Split, load_dataset
 from resnext_deploy.errors import ConfigError, TrainingError
 from resnext_deploy.fileio import atomic_write_bytes, check_writable_dir, save_figure
 from resnext_deploy.models.registry import ARCHS, build_model
 from resnext_deploy.preprocess import normalize
-from resnext_deploy.spec import IMAGENET_MEAN, IMAGENET_STD, ModelSpec, Optimizer
+from resnext_deploy.spec import IMAGENET_MEAN, IMAGENET_STD, ArchConfig, ModelSpec, Optimizer
 
 OPTIMIZERS = tuple(o.value for o in Optimizer)
 CHECKPOINT_FILE = "best.pth"
@@ -122,14 +122,73 @@ def train(config: TrainConfig, observer: TrainObserver | None = None) -> TrainRe
         raise
 
 
+@dataclass(frozen=True)
+class _Run:
+    """What every epoch of one training run works with."""
+
+    config: TrainConfig
+    spec: ModelSpec
+    data: Dataset
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    loss_fn: nn.Module
+    rng: np.random.Generator
+    observer: TrainObserver
+
+
+@dataclass(frozen=True)
+class _BestEpoch:
+    """The epoch with the highest validation accuracy so far, and a copy of its weights."""
+
+    epoch: int
+    val_acc: float
+    state: dict[str, torch.Tensor]
+
+
 def _train(config: TrainConfig, observer: TrainObserver) -> TrainResult:
+    run = _start_run(config, observer)
+    history: list[EpochStats] = []
+    best: _BestEpoch | None = None
+    for epoch in range(1, config.epochs + 1):
+        stats = _train_epoch(run, epoch)
+        history.append(stats)
+        observer.end_epoch(stats)
+        if best is None or stats.val_acc > best.val_acc:
+            state = {k: v.detach().clone() for k, v in run.model.state_dict().items()}
+            best = _BestEpoch(epoch, stats.val_acc, state)
+    assert best is not None  # epochs >= 1 is validated by TrainConfig
+    return _save_best(run, best, history)
+
+
+def _start_run(config: TrainConfig, observer: TrainObserver) -> _Run:
+    """Load the data and build the seeded model: the seed is set before the weights are drawn,
+    so the same config trains the same model."""
     cfg = ARCHS.get(config.arch)
     input_size = config.input_size or cfg.input_size
     data = load_dataset(config.data, input_size, config.val_fraction, config.seed)
+    spec = _model_spec(config, cfg, data, input_size)
+    torch.manual_seed(config.seed)
+    model = build_model(cfg, spec.num_classes)
+    optimizer = _optimizer(config, model)
+    return _Run(
+        config=config,
+        spec=spec,
+        data=data,
+        model=model,
+        optimizer=optimizer,
+        loss_fn=nn.CrossEntropyLoss(),
+        rng=np.random.default_rng(config.seed),
+        observer=observer,
+    )
+
+
+def _model_spec(config: TrainConfig, cfg: ArchConfig, data: Dataset, input_size: int) -> ModelSpec:
+    """The spec saved with the checkpoint: the digits keep their own mean/std, any other data
+    ImageNet's."""
     mean, std = (
         (DIGITS_MEAN, DIGITS_STD) if config.data == DIGITS else (IMAGENET_MEAN, IMAGENET_STD)
     )
-    spec = ModelSpec(
+    return ModelSpec(
         arch=config.arch,
         num_classes=len(data.class_names),
         input_size=input_size,
@@ -140,76 +199,83 @@ def _train(config: TrainConfig, observer: TrainObserver) -> TrainResult:
         arch_config=cfg.to_dict(),
     )
 
-    torch.manual_seed(config.seed)
-    model = build_model(cfg, spec.num_classes)
-    optimizer = _optimizer(config, model)
-    loss_fn = nn.CrossEntropyLoss()
-    rng = np.random.default_rng(config.seed)
-    history: list[EpochStats] = []
-    best_acc, best_epoch, best_state = -1.0, 0, None
 
-    for epoch in range(1, config.epochs + 1):
-        start = time.perf_counter()
-        order = rng.permutation(len(data.train))
-        batches = _batches(order, config.batch_size)
-        observer.start_epoch(epoch, len(batches))
-        model.train()
-        total_loss, correct = 0.0, 0
-        for idx in batches:
-            images = data.train.images[idx]
-            if config.augment:
-                images = _augment(images, rng)
-            x = torch.from_numpy(normalize(images, spec))
-            y = torch.from_numpy(data.train.labels[idx])
-            optimizer.zero_grad(set_to_none=True)
-            logits = _forward(model, x)
-            loss = loss_fn(logits, y)
-            if not math.isfinite(loss.item()):
-                raise TrainingError(
-                    f"training diverged: the loss became {loss.item()} in epoch {epoch}; nothing "
-                    f"was saved. Lower the learning rate (it was {config.lr:g})"
-                )
-            loss.backward()
-            optimizer.step()
-            total_loss += loss.item() * len(idx)
-            correct += int((logits.argmax(1) == y).sum())
-            observer.advance()
-        val_loss, val_acc, _ = evaluate(model, data.val, spec, config.batch_size)
-        if not math.isfinite(val_loss):
-            raise TrainingError(
-                f"training diverged: the validation loss became {val_loss} after epoch {epoch}; "
-                f"nothing was saved. Lower the learning rate (it was {config.lr:g})"
-            )
-        stats = EpochStats(
-            epoch,
-            total_loss / len(order),
-            correct / len(order),
-            val_loss,
-            val_acc,
-            time.perf_counter() - start,
+def _train_epoch(run: _Run, epoch: int) -> EpochStats:
+    """One pass over the shuffled training split, then the loss and accuracy on validation."""
+    start = time.perf_counter()
+    order = run.rng.permutation(len(run.data.train))
+    batches = _batches(order, run.config.batch_size)
+    run.observer.start_epoch(epoch, len(batches))
+    run.model.train()
+    total_loss, correct = 0.0, 0
+    for idx in batches:
+        loss, right = _train_step(run, idx, epoch)
+        total_loss += loss * len(idx)
+        correct += right
+        run.observer.advance()
+    val_loss, val_acc, _ = evaluate(run.model, run.data.val, run.spec, run.config.batch_size)
+    if not math.isfinite(val_loss):
+        raise TrainingError(
+            f"training diverged: the validation loss became {val_loss} after epoch {epoch}; "
+            f"nothing was saved. Lower the learning rate (it was {run.config.lr:g})"
         )
-        history.append(stats)
-        observer.end_epoch(stats)
-        if val_acc > best_acc:
-            best_acc, best_epoch = val_acc, epoch
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    return EpochStats(
+        epoch,
+        total_loss / len(order),
+        correct / len(order),
+        val_loss,
+        val_acc,
+        time.perf_counter() - start,
+    )
 
-    assert best_state is not None  # epochs >= 1 is validated by TrainConfig
-    model.load_state_dict(best_state)
-    _, _, predictions = evaluate(model, data.val, spec, config.batch_size)
+
+def _train_step(run: _Run, idx: np.ndarray, epoch: int) -> tuple[float, int]:
+    """One optimizer step on the images at ``idx``: (mean loss, correct predictions). A loss
+    that is not finite stops the run before it reaches the weights."""
+    images = run.data.train.images[idx]
+    if run.config.augment:
+        images = _augment(images, run.rng)
+    x = torch.from_numpy(normalize(images, run.spec))
+    y = torch.from_numpy(run.data.train.labels[idx])
+    run.optimizer.zero_grad(set_to_none=True)
+    logits = _forward(run.model, x)
+    loss = run.loss_fn(logits, y)
+    if not math.isfinite(loss.item()):
+        raise TrainingError(
+            f"training diverged: the loss became {loss.item()} in epoch {epoch}; nothing "
+            f"was saved. Lower the learning rate (it was {run.config.lr:g})"
+        )
+    loss.backward()
+    run.optimizer.step()
+    return loss.item(), int((logits.argmax(1) == y).sum())
+
+
+def _save_best(run: _Run, best: _BestEpoch, history: list[EpochStats]) -> TrainResult:
+    """Restore the best epoch's weights, save them with the spec and history, plot the curves."""
+    config, spec, data = run.config, run.spec, run.data
+    run.model.load_state_dict(best.state)
+    _, _, predictions = evaluate(run.model, data.val, spec, config.batch_size)
     confusion = confusion_matrix(data.val.labels, predictions, spec.num_classes)
     checkpoint = config.out_dir / CHECKPOINT_FILE  # checked before training
     payload = {
-        "state_dict": best_state,
+        "state_dict": best.state,
         "spec": spec.to_dict(),
-        "best_epoch": best_epoch,
-        "best_val_acc": best_acc,
+        "best_epoch": best.epoch,
+        "best_val_acc": best.val_acc,
         "history": [s.__dict__ for s in history],
     }
     _save_atomically(payload, checkpoint)
     curves = plot_curves(history, config.out_dir / CURVES_FILE)
     return TrainResult(
-        checkpoint, spec, best_epoch, best_acc, history, confusion, curves, data.skipped, data.val
+        checkpoint,
+        spec,
+        best.epoch,
+        best.val_acc,
+        history,
+        confusion,
+        curves,
+        data.skipped,
+        data.val,
     )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -84,32 +84,14 @@ def compare_model_with_files(
 
     with ExitStack() as stack:
         candidates: list[tuple[Runner, Tolerance]] = []
-
-        def add(runner: Runner, tolerance: Tolerance) -> None:
-            candidates.append((stack.enter_context(runner), tolerance))
-
-        add(TorchScriptRunner(directory / TORCHSCRIPT_FILE), config.tolerance)
-        add(TorchScriptRunner(directory / TORCHSCRIPT_FILE, optimize=True), config.tolerance)
-        skipped: dict[str, str] = {}
-        wanted = list(config.providers)
-        if config.auto_cuda and Provider.CUDA not in wanted:
-            wanted.append(Provider.CUDA)
+        for optimize in (False, True):
+            script = TorchScriptRunner(directory / TORCHSCRIPT_FILE, optimize=optimize)
+            candidates.append((stack.enter_context(script), config.tolerance))
         inputs = parity_inputs(spec, config)
-        started: dict[Provider, SessionConfig] = {}
-        for provider in wanted:
-            session = _session_config(provider, inputs)
-            try:
-                runner = OrtRunner(directory / Variant.FP32.file, session)
-            except ProviderUnavailableError as exc:
-                if provider in config.providers:
-                    raise
-                skipped[f"onnxruntime-{provider.value}"] = str(exc)
-                continue
-            started[provider] = session
-            tf32 = provider is Provider.TENSORRT
-            add(runner, TF32_TOLERANCE if tf32 else config.tolerance)
-        for variant_runner, tolerance in _variant_runners(directory, variants, started):
-            add(variant_runner, tolerance)
+        fp32 = _start_fp32_sessions(stack, directory, config, inputs)
+        candidates += fp32.candidates
+        for runner, tolerance in _variant_runners(directory, variants, fp32.started):
+            candidates.append((stack.enter_context(runner), tolerance))
         reference = stack.enter_context(EagerRunner(model))
         report = compare(reference, candidates, inputs)
         report.placements = {
@@ -118,18 +100,64 @@ def compare_model_with_files(
             if isinstance(r, OrtRunner) and r.config.provider is not Provider.CPU
         }
         if Variant.PREPROCESS in variants:
-            embedded = stack.enter_context(
-                OrtRunner(directory / Variant.PREPROCESS.file, name="onnxruntime-cpu-preproc")
-            )
-            uint8 = compare(
-                NormalizingRunner(reference, spec),
-                [(embedded, config.tolerance)],
-                uint8_inputs(spec, config),
-            )
+            uint8 = _compare_preprocess_graph(stack, reference, directory, spec, config)
             report.backends += uint8.backends
             report.inputs += [f"{name} (uint8 NHWC)" for name in uint8.inputs]
-        report.skipped = skipped
+        report.skipped = fp32.skipped
     return report
+
+
+@dataclass(frozen=True)
+class _Fp32Sessions:
+    """The fp32 ONNX file on each provider that started (``started``: provider -> its session
+    config, for the other variants) and why an optional provider was skipped."""
+
+    candidates: list[tuple[Runner, Tolerance]] = field(default_factory=list)
+    started: dict[Provider, SessionConfig] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+
+
+def _start_fp32_sessions(
+    stack: ExitStack, directory: Path, config: VerifyConfig, inputs: list[ParityInput]
+) -> _Fp32Sessions:
+    """One onnxruntime runner per provider asked for (a failure raises) plus CUDA when
+    ``auto_cuda`` (a failure is recorded as skipped), each entered on ``stack``."""
+    from resnext_deploy.runtime.ort import OrtRunner
+
+    wanted = list(config.providers)
+    if config.auto_cuda and Provider.CUDA not in wanted:
+        wanted.append(Provider.CUDA)
+    sessions = _Fp32Sessions()
+    for provider in wanted:
+        session = _session_config(provider, inputs)
+        try:
+            runner = OrtRunner(directory / Variant.FP32.file, session)
+        except ProviderUnavailableError as exc:
+            if provider in config.providers:
+                raise
+            sessions.skipped[f"onnxruntime-{provider.value}"] = str(exc)
+            continue
+        sessions.started[provider] = session
+        tolerance = TF32_TOLERANCE if provider is Provider.TENSORRT else config.tolerance
+        sessions.candidates.append((stack.enter_context(runner), tolerance))
+    return sessions
+
+
+def _compare_preprocess_graph(
+    stack: ExitStack, reference: Runner, directory: Path, spec: ModelSpec, config: VerifyConfig
+) -> ParityReport:
+    """The graph with the preprocessing inside, fed uint8 NHWC images, against ``reference``
+    behind the Python preprocessing: both halves of the deployed path at once."""
+    from resnext_deploy.runtime.ort import OrtRunner
+
+    embedded = stack.enter_context(
+        OrtRunner(directory / Variant.PREPROCESS.file, name="onnxruntime-cpu-preproc")
+    )
+    return compare(
+        NormalizingRunner(reference, spec),
+        [(embedded, config.tolerance)],
+        uint8_inputs(spec, config),
+    )
 
 
 def _session_config(provider: Provider, inputs: list[ParityInput]) -> SessionConfig:

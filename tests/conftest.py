@@ -53,6 +53,35 @@ def tiny_export(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory)
 
 
 @pytest.fixture(scope="session")
+def tiny_preprocess_export(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model exported with its preprocessing graph, shared read-only. Its ImageNet mean
+    and std differ per channel (the digits model's do not), so channel-order mistakes show on
+    colour photos."""
+    from resnext_deploy.export.pipeline import ExportConfig, export_checkpoint
+    from resnext_deploy.models.checkpoint import LoadOptions
+
+    out = tmp_path_factory.mktemp("preprocess") / "tiny"
+    names = tuple(f"c{i}" for i in range(7))
+    config = ExportConfig(out_dir=out, embed_preprocess=True)
+    export_checkpoint(tiny_checkpoint, LoadOptions(arch=TINY, class_names=names), config)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_fp16_export(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model exported with its fp16 variant, shared read-only (copy it to change it)."""
+    from resnext_deploy.artifact import Precision
+    from resnext_deploy.export.pipeline import ExportConfig, export_checkpoint
+    from resnext_deploy.models.checkpoint import LoadOptions
+
+    out = tmp_path_factory.mktemp("fp16") / "tiny"
+    names = tuple(f"c{i}" for i in range(7))
+    config = ExportConfig(out_dir=out, precisions=(Precision.FP32, Precision.FP16))
+    export_checkpoint(tiny_checkpoint, LoadOptions(arch=TINY, class_names=names), config)
+    return out
+
+
+@pytest.fixture(scope="session")
 def digits_run(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
     """A resnext11_mini trained for 3 epochs on the bundled digits (16 px), and its export."""
     from resnext_deploy.export.pipeline import ExportConfig, export_checkpoint

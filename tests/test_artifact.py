@@ -18,10 +18,12 @@ from resnext_deploy.artifact import (
     ONNX_FILE,
     WEIGHTS_FILE,
     Variant,
+    check_model_name,
+    model_name_for,
     open_artifact,
 )
 from resnext_deploy.cli import app
-from resnext_deploy.errors import ArtifactError
+from resnext_deploy.errors import ArtifactError, ConfigError
 from resnext_deploy.verify import VerifyConfig, verify_artifact
 
 
@@ -169,3 +171,13 @@ def test_a_spec_of_the_wrong_shape_is_refused_when_the_export_is_opened(
     with pytest.raises(ArtifactError, match=fragment):
         open_artifact(directory)
     _assert_clean_failure(_verify_cli(directory), fragment)
+
+
+def test_a_served_name_is_one_path_segment_and_an_arch_becomes_one() -> None:
+    assert check_model_name("resnext50_32x4d-v1.2") == "resnext50_32x4d-v1.2"
+    assert model_name_for("resnext50 32x4d/ft") == "resnext50_32x4d_ft"
+    for name in ("a/b", "..", "a..b", ".x", "-x", 'a"b', "", "x" * 129):
+        with pytest.raises(ConfigError, match="Triton model name .* is not allowed"):
+            check_model_name(name, "Triton model name")
+    with pytest.raises(ConfigError, match="^model name '.._x' is not allowed"):
+        model_name_for("../x")

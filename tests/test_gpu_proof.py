@@ -35,7 +35,7 @@ def test_every_step_of_the_proof_runs_on_the_cpu(tmp_path: Path) -> None:
     proof = tmp_path / "proof"
     assert steps(proof) == dict.fromkeys(
         ["machine", "doctor", "export", "probe", "verify", "no-gpu", "torch-free", "bench",
-         "bench-best", "tensorrt", "pytest"], "ok")
+         "bench-best", "profile", "tensorrt", "pytest"], "ok")
     # each JSON step wrote one JSON document on stdout, whatever onnxruntime logged on stderr
     doctor = json.loads((proof / "doctor.log").read_text())
     assert doctor["passed"] and doctor["provider"] == "cpu"
@@ -53,6 +53,8 @@ def test_every_step_of_the_proof_runs_on_the_cpu(tmp_path: Path) -> None:
         "torch-eager", "torchscript", "torchscript-optimized", "onnxruntime-cpu",
         "onnxruntime-cpu-fp16"}
     assert all(r["status"] == "ok" for r in bench["results"])
+    profile = json.loads((proof / "bench" / "resnext14_8x4d-cpu-profile-profile.json").read_text())
+    assert [p["variant"] for p in profile["profiles"]] == ["fp32"]
     with tarfile.open(tmp_path / "proof.tgz") as archive:
         names = archive.getnames()
     assert "proof/steps.tsv" in names and "proof/bench/resnext14_8x4d-cpu.md" in names

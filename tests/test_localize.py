@@ -74,6 +74,30 @@ def test_failing_parity_is_localized_without_asking(tiny_export: Path, tmp_path:
     assert "first module beyond tolerance: layer2.0.downsample.0" in result.stdout
 
 
+def test_the_python_api_localizes_a_failure_as_verify_does(tiny_export: Path, tmp_path: Path):  # noqa: ANN201
+    from resnext_deploy.api import VerifyConfig, check_artifact, open_artifact
+
+    export = tmp_path / "export"
+    shutil.copytree(tiny_export, export)
+    plant(export, "layer2.0.downsample.0", 0.9)
+    steps: list[str] = []
+    checked = check_artifact(
+        open_artifact(export), VerifyConfig(batch_sizes=(2,)), False, steps.append
+    )
+    assert not checked.passed and checked.failed_backends() == ["onnxruntime-cpu"]
+    assert checked.localization is not None and steps == [
+        "comparing backends",
+        "comparing layer by layer",
+    ]
+    (fp32,) = checked.localization.results
+    assert fp32.first_exceeding is not None
+    assert fp32.first_exceeding.name == "layer2.0.downsample.0"
+    assert (
+        checked.to_dict()["localization"]["results"][0]["first_exceeding"]
+        == fp32.first_exceeding.name
+    )
+
+
 def test_a_clean_export_compares_every_convolution_within_tolerance(tiny_export: Path) -> None:
     code, data = verify_json(tiny_export, "--localize")
     assert code == 0
@@ -87,19 +111,10 @@ def test_a_clean_export_compares_every_convolution_within_tolerance(tiny_export:
 
 
 def test_fp16_localization_names_where_the_range_is_first_exceeded(
-    tiny_checkpoint: Path, tmp_path: Path
+    tiny_fp16_export: Path, tmp_path: Path
 ) -> None:
-    from resnext_deploy.artifact import Precision
-    from resnext_deploy.export.pipeline import ExportConfig, export_checkpoint
-    from resnext_deploy.models.checkpoint import LoadOptions
-    from tests.conftest import TINY
-
     export = tmp_path / "export"
-    export_checkpoint(
-        tiny_checkpoint,
-        LoadOptions(arch=TINY),
-        ExportConfig(out_dir=export, precisions=(Precision.FP32, Precision.FP16)),
-    )
+    shutil.copytree(tiny_fp16_export, export)
     # Weights stay within fp16's range; the convolution's outputs do not.
     plant(export, "layer3.0.conv1", 0, Variant.FP16, largest=60000.0)
     code, data = verify_json(export)

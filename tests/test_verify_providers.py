@@ -10,12 +10,11 @@ from typing import Any
 
 import pytest
 
-from resnext_deploy.artifact import FP16_TOLERANCE, FP32_TOLERANCE, Precision, open_artifact
+from resnext_deploy.artifact import FP16_TOLERANCE, FP32_TOLERANCE, open_artifact
 from resnext_deploy.runtime import ort as ort_runtime
 from resnext_deploy.runtime.ort import OrtRunner
 from resnext_deploy.runtime.providers import Provider, SessionConfig
 from resnext_deploy.verify import VerifyConfig, verify_artifact
-from tests.conftest import TINY
 
 
 class PretendGpuRunner(OrtRunner):
@@ -31,25 +30,13 @@ class PretendGpuRunner(OrtRunner):
         PretendGpuRunner.asked.append((self.name, config))
 
 
-@pytest.fixture(scope="module")
-def fp16_export(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from resnext_deploy.export.pipeline import ExportConfig, export_checkpoint
-    from resnext_deploy.models.checkpoint import LoadOptions
-
-    out = tmp_path_factory.mktemp("fp16") / "tiny"
-    names = tuple(f"c{i}" for i in range(7))
-    config = ExportConfig(out_dir=out, precisions=(Precision.FP32, Precision.FP16))
-    export_checkpoint(tiny_checkpoint, LoadOptions(arch=TINY, class_names=names), config)
-    return out
-
-
 def test_fp16_runs_on_every_provider_that_started(
-    fp16_export: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_fp16_export: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(ort_runtime, "OrtRunner", PretendGpuRunner)
     monkeypatch.setattr(PretendGpuRunner, "asked", [])
     config = VerifyConfig(providers=(Provider.CPU, Provider.TENSORRT), auto_cuda=False)
-    report = verify_artifact(open_artifact(fp16_export), config)
+    report = verify_artifact(open_artifact(tiny_fp16_export), config)
     tolerances = {b.backend: b.tolerance for b in report.backends}
     assert tolerances["onnxruntime-cpu"] == FP32_TOLERANCE
     assert tolerances["onnxruntime-tensorrt"] == FP16_TOLERANCE  # TF32, no switch to turn it off

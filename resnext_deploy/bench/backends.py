@@ -3,7 +3,7 @@
 Every backend is a runner of the one runtime family (:mod:`resnext_deploy.runtime`); the
 benchmark only chooses which runners to build, with what options, on which files of an export.
 TensorRT tunes its kernels for the profile's opt shape, so an onnxruntime backend on TensorRT
-is built once per batch size, with an engine for that size alone (:attr:`BackendSpec.per_batch`).
+is built once per batch size, with an engine for that size alone (:attr:`BackendFactory.per_batch`).
 """
 
 from __future__ import annotations
@@ -84,9 +84,9 @@ class BackendContext:
 
 
 @dataclass(frozen=True)
-class BackendSpec:
-    """A backend to measure: its report name and how to build its runner (built lazily, so that
-    on a GPU only one backend's memory is alive at a time). With ``build_for_batch`` each batch
+class BackendFactory:
+    """Builds the runners of one measured backend, named as the report names it (lazily, so
+    that on a GPU only one backend's memory is alive at a time). With ``build_for_batch`` each batch
     size is measured with a runner of its own (TensorRT: an engine tuned for that size)."""
 
     name: str
@@ -104,7 +104,7 @@ class BackendSpec:
         return self.build()
 
 
-def backend_spec(kind: BenchBackend, ctx: BackendContext) -> BackendSpec:
+def backend_factory(kind: BenchBackend, ctx: BackendContext) -> BackendFactory:
     """How to build ``kind``; raises :class:`ConfigError` for a backend this context cannot run."""
     if kind in CPU_ONLY_BACKENDS and ctx.provider is not Provider.CPU:
         raise ConfigError(f"backend {kind.value} is measured on the CPU only")
@@ -119,13 +119,13 @@ def backend_spec(kind: BenchBackend, ctx: BackendContext) -> BackendSpec:
                 f"{path} is missing"
             )
         name = f"onnxruntime-{ctx.provider.value}{variant.suffix}"
-        return _ort_spec(path, ctx.session_config(), name)
-    return BackendSpec(_NAMES[kind], lambda: _torch_or_peer(kind, ctx))
+        return _ort_factory(path, ctx.session_config(), name)
+    return BackendFactory(_NAMES[kind], lambda: _torch_or_peer(kind, ctx))
 
 
-def tuning_specs(
+def tuning_factories(
     ctx: BackendContext, variants: Mapping[str, CudaOptions] | Mapping[str, TensorRTOptions]
-) -> list[BackendSpec]:
+) -> list[BackendFactory]:
     """The fp32 onnxruntime backend once per option variant, named by the provider it runs on.
 
     Raises :class:`ConfigError` for CUDA-provider variants on TensorRT: every node runs inside
@@ -135,7 +135,7 @@ def tuning_specs(
     specs = []
     for label, options in variants.items():
         name = f"onnxruntime-{ctx.provider.value}[{label}]"
-        specs.append(_ort_spec(path, _tuned_config(ctx, options), name))
+        specs.append(_ort_factory(path, _tuned_config(ctx, options), name))
     return specs
 
 
@@ -163,19 +163,19 @@ _NAMES = {
 }
 
 
-def _ort_spec(path: Path, config: SessionConfig, name: str) -> BackendSpec:
+def _ort_factory(path: Path, config: SessionConfig, name: str) -> BackendFactory:
     """An onnxruntime backend; on TensorRT, one engine per batch size (min = opt = max)."""
 
     def build() -> Runner:
         return _ort(path, config, name)
 
     if config.provider is not Provider.TENSORRT:
-        return BackendSpec(name, build)
+        return BackendFactory(name, build)
 
     def build_for_batch(batch_size: int) -> Runner:
         return _ort(path, replace(config, tensorrt=config.tensorrt.for_batch(batch_size)), name)
 
-    return BackendSpec(name, build, build_for_batch)
+    return BackendFactory(name, build, build_for_batch)
 
 
 def _ort(path: Path, config: SessionConfig, name: str) -> Runner:
@@ -201,3 +201,13 @@ def _torch_or_peer(kind: BenchBackend, ctx: BackendContext) -> Runner:
 
     precision = "f32" if kind is BenchBackend.OPENVINO_F32 else "default"
     return OpenVinoRunner(ctx.export_dir / Variant.FP32.file, precision, ctx.threads)
+
+
+def chosen_backends(
+    requested: list[BenchBackend] | tuple[BenchBackend, ...] | None, peers: bool = False
+) -> tuple[BenchBackend, ...]:
+    """``requested`` (default: :data:`DEFAULT_BACKENDS`), plus the peers when asked for."""
+    kinds = tuple(requested or DEFAULT_BACKENDS)
+    if peers:
+        kinds += tuple(k for k in PEER_BACKENDS if k not in kinds)
+    return kinds

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
 
 from resnext_deploy.bench.report import BenchReport
 from resnext_deploy.errors import ConfigError
@@ -16,6 +17,9 @@ class Change:
     new_p50_ms: float | None
     change_pct: float | None
     regression: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 def compare_reports(

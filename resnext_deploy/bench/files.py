@@ -8,7 +8,9 @@ import io
 from pathlib import Path
 from typing import Any
 
+from resnext_deploy.bench.harness import HarnessOverhead
 from resnext_deploy.bench.report import BenchReport
+from resnext_deploy.bench.roofline import ComputeFloor
 from resnext_deploy.fileio import atomic_write_text, save_figure
 
 STAT_FIELDS = (
@@ -96,10 +98,26 @@ def to_csv(report: BenchReport) -> str:
 
 
 def to_markdown(report: BenchReport, plot_name: str | None = None) -> str:
+    """The report as Markdown: how it was run, the table, then what the run found."""
+    has_e2e = any(m.end_to_end for m in report.results)
+    lines = [*_markdown_heading(report, has_e2e), *_markdown_table(report, has_e2e), ""]
+    lines += engine_profile_lines(report)
+    lines += _winner_lines(report)
+    if report.overhead:
+        lines += _overhead_lines(report.overhead)
+    f = report.compute_floor
+    if f and f.floor_ms_per_image and f.best_batch1_ms:
+        lines += _floor_lines(f)
+    if plot_name:
+        lines += [f"![throughput and latency against batch size]({plot_name})", ""]
+    return "\n".join(lines)
+
+
+def _markdown_heading(report: BenchReport, has_e2e: bool) -> list[str]:
+    """Title, command, machine, versions and how to read the table."""
     env = report.environment
     gpu = (env.get("gpu") or {}).get("name", "none")
-    has_e2e = any(m.end_to_end for m in report.results)
-    lines = [
+    return [
         f"# {report.arch} at {report.input_size}x{report.input_size}: "
         f"{report.provider.upper()} benchmark",
         "",
@@ -111,6 +129,12 @@ def to_markdown(report: BenchReport, plot_name: str | None = None) -> str:
         "call on a pre-bound batch; x eager = eager p50 / backend p50 at the same batch size"
         + ("; e2e = with host<->device copies" if has_e2e else ""),
         "",
+    ]
+
+
+def _markdown_table(report: BenchReport, has_e2e: bool) -> list[str]:
+    """One row per measurement, batch-major, backends in the order they ran."""
+    lines = [
         "| backend | batch | p50 ms | p90 ms | p99 ms | mean ± std ms | images/s | x eager "
         + ("| e2e p50 ms " if has_e2e else "")
         + "| first call ms | RSS MiB |",
@@ -118,7 +142,7 @@ def to_markdown(report: BenchReport, plot_name: str | None = None) -> str:
         + ("---: | " if has_e2e else "")
         + "---: | ---: |",
     ]
-    for m in report.results:  # batch-major, backends in the order they ran
+    for m in report.results:
         s = m.stats
         if s is None:
             blanks = "| " * (8 if has_e2e else 7)
@@ -137,40 +161,44 @@ def to_markdown(report: BenchReport, plot_name: str | None = None) -> str:
             f"{s.p99_ms:.2f} | {s.mean_ms:.2f} ± {s.std_ms:.2f} | {s.images_per_s:.1f} | "
             f"{speed} | {e2e}{_num(m.first_call_ms, '.1f')} | {m.rss_mb or 0:.0f} |"
         )
-    lines.append("")
-    lines += engine_profile_lines(report)
+    return lines
+
+
+def _winner_lines(report: BenchReport) -> list[str]:
+    """The fastest backend, and with ``--tune`` the best provider configuration, per batch."""
+    lines = []
     if report.best:
         best = ", ".join(f"batch {b}: {n}" for b, n in report.best.items())
         lines += [f"Fastest backend per batch size: {best}.", ""]
     if report.tuning:
         best = ", ".join(f"batch {b}: {n}" for b, n in report.tuning.items())
         lines += [f"Best provider configuration per batch size: {best}.", ""]
-    if report.overhead:
-        o = report.overhead
-        lines += [
-            f"Harness overhead ({o.get('backend')}, batch 1): {o['cost_us']:.2f} us per timed "
-            "call (harness loop minus bare loop around an empty call) = "
-            f"{o['overhead_pct']:.4f}% of the {o['bare_ms']:.2f} ms bare-loop latency. Paired "
-            f"check around the real call (alternating blocks, medians): {o['paired_pct']:+.1f}%, "
-            "which measures this machine's noise more than the harness.",
-            "",
-        ]
-    f = report.compute_floor
-    if f and f.get("floor_ms_per_image") and f.get("best_batch1_ms"):
-        lines += [
-            f"Compute floor: {f['gflop_per_image']:.2f} GFLOP per image / "
-            f"{f['peak_gflops']:.0f} GFLOP/s peak (the larger of the nominal "
-            f"{f['peak_gflops_nominal'] or 0:.0f} GFLOP/s = {f['nominal_basis']}, and "
-            f"{f['peak_gflops_matmul']:.0f} GFLOP/s measured on a 2048^3 MatMul) = "
-            f"{f['floor_ms_per_image']:.1f} ms per image. Best path: "
-            f"{f['best_batch1_ms']:.1f} ms at batch 1 ({f['efficiency_batch1']:.0%} of the "
-            f"floor), {f['best_ms_per_image']:.1f} ms per image at best "
-            f"({f['efficiency_best']:.0%}).",
-            "",
-        ]
-    if plot_name:
-        lines += [f"![throughput and latency against batch size]({plot_name})", ""]
-    return "\n".join(lines)
+    return lines
+
+
+def _overhead_lines(o: HarnessOverhead) -> list[str]:
+    return [
+        f"Harness overhead ({o.backend}, batch 1): {o.cost_us:.2f} us per timed "
+        "call (harness loop minus bare loop around an empty call) = "
+        f"{o.overhead_pct:.4f}% of the {o.bare_ms:.2f} ms bare-loop latency. Paired "
+        f"check around the real call (alternating blocks, medians): {o.paired_pct:+.1f}%, "
+        "which measures this machine's noise more than the harness.",
+        "",
+    ]
+
+
+def _floor_lines(f: ComputeFloor) -> list[str]:
+    return [
+        f"Compute floor: {f.gflop_per_image:.2f} GFLOP per image / "
+        f"{f.peak_gflops:.0f} GFLOP/s peak (the larger of the nominal "
+        f"{f.peak_gflops_nominal or 0:.0f} GFLOP/s = {f.nominal_basis}, and "
+        f"{f.peak_gflops_matmul:.0f} GFLOP/s measured on a 2048^3 MatMul) = "
+        f"{f.floor_ms_per_image:.1f} ms per image. Best path: "
+        f"{f.best_batch1_ms:.1f} ms at batch 1 ({f.efficiency_batch1:.0%} of the "
+        f"floor), {f.best_ms_per_image:.1f} ms per image at best "
+        f"({f.efficiency_best:.0%}).",
+        "",
+    ]
 
 
 def engine_profile_lines(report: BenchReport) -> list[str]:

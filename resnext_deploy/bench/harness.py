@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from resnext_deploy.bench.backends import BackendSpec
+from resnext_deploy.bench.backends import BackendFactory
 from resnext_deploy.errors import first_line
 from resnext_deploy.runtime.base import Runner
 from resnext_deploy.runtime.providers import CudaOptions
@@ -106,7 +106,7 @@ def is_oom(exc: BaseException) -> bool:
 
 
 def sweep(
-    backends: list[BackendSpec],
+    backends: list[BackendFactory],
     batch_sizes: tuple[int, ...],
     make_batch: Callable[[int], np.ndarray],
     timing: Timing,
@@ -163,7 +163,7 @@ class _Alive:
         self.one_at_a_time = one_at_a_time
         self._held: dict[str, tuple[int | None, Runner]] = {}
 
-    def runner(self, spec: BackendSpec, batch_size: int) -> Runner:
+    def runner(self, spec: BackendFactory, batch_size: int) -> Runner:
         """``spec``'s runner for ``batch_size``, built when needed (raises what building does),
         after closing what must not be alive beside it."""
         key = batch_size if spec.per_batch else None
@@ -188,7 +188,7 @@ class _Alive:
 
 
 def _described(
-    runner: Runner, spec: BackendSpec, batch_size: int, before: dict[str, Any] | None
+    runner: Runner, spec: BackendFactory, batch_size: int, before: dict[str, Any] | None
 ) -> dict[str, Any]:
     """What ``runner`` says it runs; a per-batch backend's also lists each batch size's engine
     (its profile and session build)."""
@@ -261,9 +261,45 @@ def host_memory_mb() -> tuple[float, float]:
     return rss, peak
 
 
+@dataclass(frozen=True, kw_only=True)
+class HarnessOverhead:
+    """What the harness adds to what it measures (:func:`harness_overhead`), and on which
+    backend's call."""
+
+    cost_us: float
+    bare_ms: float
+    harness_ms: float
+    overhead_pct: float
+    paired_pct: float
+    blocks: int
+    per_block: int
+    backend: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> HarnessOverhead:
+        """Read :meth:`to_dict`'s keys back (raises ``KeyError``/``TypeError``/``ValueError``
+        for another shape)."""
+        times = ("cost_us", "bare_ms", "harness_ms", "overhead_pct", "paired_pct")
+        return cls(
+            **{k: json_float(data[k]) for k in times},
+            blocks=int(data["blocks"]),
+            per_block=int(data["per_block"]),
+            backend=str(data.get("backend", "")),
+        )
+
+
+def json_float(value: Any) -> float:
+    """A float read back from a report: NaN where the report holds null (it writes NaN and
+    infinity so, JSON having neither)."""
+    return float("nan") if value is None else float(value)
+
+
 def harness_overhead(
     call: Callable[[], Any], sync: Callable[[], None], blocks: int = 20, per_block: int = 3
-) -> dict[str, float]:
+) -> HarnessOverhead:
     """How much the harness adds to what it measures, two ways.
 
     ``cost_us``: the harness loop's per-iteration cost around an empty call minus a bare loop's
@@ -272,11 +308,25 @@ def harness_overhead(
     ``paired_pct``: harness vs bare loop around the real ``call``, alternating small blocks and
     comparing medians; on a noisy machine this is dominated by noise and is only a sanity check.
     """
+    cost_s = _loop_cost(sync)
+    b, h = _paired_medians(call, sync, blocks, per_block)
+    return HarnessOverhead(
+        cost_us=cost_s * 1e6,
+        bare_ms=b * 1e3,
+        harness_ms=h * 1e3,
+        overhead_pct=cost_s / b * 100,
+        paired_pct=(h / b - 1) * 100,
+        blocks=blocks,
+        per_block=per_block,
+    )
+
+
+def _loop_cost(sync: Callable[[], None], n: int = 20000) -> float:
+    """Seconds per iteration the timed loop adds to a bare loop, both around an empty call."""
 
     def noop() -> None:
         return None
 
-    n = 20000
     t0 = time.perf_counter()
     for _ in range(n):
         noop()
@@ -289,8 +339,13 @@ def harness_overhead(
         sync()
         samples.append(time.perf_counter() - s0)
     harness_noop = (time.perf_counter() - t0) / n
-    cost_s = max(harness_noop - bare_noop, 0.0)
+    return max(harness_noop - bare_noop, 0.0)
 
+
+def _paired_medians(
+    call: Callable[[], Any], sync: Callable[[], None], blocks: int, per_block: int
+) -> tuple[float, float]:
+    """Median seconds per ``call`` in a bare loop and in the timed loop, alternating blocks."""
     for _ in range(3):
         call()
     sync()
@@ -308,69 +363,7 @@ def harness_overhead(
             sync()
             block.append(time.perf_counter() - s0)
         harness.append(float(np.mean(block)))
-    b, h = float(np.median(bare)), float(np.median(harness))
-    return {
-        "cost_us": cost_s * 1e6,
-        "bare_ms": b * 1e3,
-        "harness_ms": h * 1e3,
-        "overhead_pct": cost_s / b * 100,
-        "paired_pct": (h / b - 1) * 100,
-        "blocks": blocks,
-        "per_block": per_block,
-    }
-
-
-def theoretical_peak_gflops(cores: int) -> dict[str, float | str]:
-    """Nominal fp32 peak from /proc/cpuinfo: cores x clock x FLOP per cycle, where FLOP per cycle
-    assumes two FMA pipes of the widest vector unit the flags announce (AVX-512: 16 lanes, AVX2:
-    8). Turbo clocks can exceed the nominal clock, so treat this as an estimate."""
-    flags: set[str] = set()
-    mhz = 0.0
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("flags") and not flags:
-                    flags = set(line.split(":", 1)[1].split())
-                elif line.startswith("cpu MHz") and not mhz:
-                    mhz = float(line.split(":", 1)[1])
-    except OSError:
-        return {"gflops": float("nan"), "basis": "unknown (no /proc/cpuinfo)"}
-    lanes = 16 if "avx512f" in flags else 8 if "avx2" in flags else 4
-    fma = 2 if "fma" in flags or lanes == 16 else 1
-    per_cycle = 2 * fma * lanes  # an FMA is two FLOPs
-    gflops = cores * mhz / 1e3 * per_cycle
-    isa = "AVX-512" if lanes == 16 else "AVX2" if lanes == 8 else "SSE"
-    return {
-        "gflops": gflops,
-        "basis": f"{cores} cores x {mhz / 1e3:.2f} GHz x {per_cycle} FLOP/cycle ({isa}, "
-        f"{fma} FMA pipes)",
-    }
-
-
-def peak_matmul_gflops(threads: int, n: int = 2048, repeats: int = 5) -> float:
-    """Achieved fp32 GFLOP/s of a large square MatMul in onnxruntime (MLAS), best of
-    ``repeats``: a measured lower bound on the machine's peak."""
-    from onnx import TensorProto, helper
-
-    from resnext_deploy.runtime.providers import SessionConfig, create_session
-
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["a", "b"], ["c"])],
-        "peak",
-        [helper.make_tensor_value_info(x, TensorProto.FLOAT, [n, n]) for x in "ab"],
-        [helper.make_tensor_value_info("c", TensorProto.FLOAT, [n, n])],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
-    session = create_session(model.SerializeToString(), SessionConfig(intra_op_threads=threads))
-    rng = np.random.default_rng(0)
-    feed = {x: rng.standard_normal((n, n), dtype=np.float32) for x in "ab"}
-    session.run(None, feed)
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        session.run(None, feed)
-        best = min(best, time.perf_counter() - t0)
-    return 2 * n**3 / best / 1e9
+    return float(np.median(bare)), float(np.median(harness))
 
 
 def tuning_variants(base: CudaOptions) -> dict[str, CudaOptions]:

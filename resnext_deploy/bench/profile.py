@@ -9,18 +9,25 @@ visible in one table.
 from __future__ import annotations
 
 import json
-import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from resnext_deploy.artifact import Variant
 from resnext_deploy.errors import ConfigError
-from resnext_deploy.runtime.cpu import CpuIsa, cpu_isa
+from resnext_deploy.machine.cpu import CpuInfo, cpu_info
 from resnext_deploy.runtime.profiling import OrtProfile, profile_model
-from resnext_deploy.runtime.providers import Provider, SessionConfig, TensorRTOptions
+from resnext_deploy.runtime.providers import (
+    CudaOptions,
+    Provider,
+    SessionConfig,
+    TensorRTOptions,
+)
+
+if TYPE_CHECKING:
+    from resnext_deploy.bench.source import BenchModel
 
 PROFILE_FORMAT = 1
 
@@ -31,6 +38,7 @@ class ProfileConfig:
     batch_sizes: tuple[int, ...] = (1,)
     provider: Provider = Provider.CPU
     threads: int | None = None
+    cuda: CudaOptions = field(default_factory=CudaOptions)
     tensorrt: TensorRTOptions = field(default_factory=TensorRTOptions)
     runs: int = 10
     warmup: int = 3
@@ -74,7 +82,7 @@ class ProfileReport:
     model: str
     provider: str
     threads: int
-    isa: CpuIsa
+    isa: CpuInfo
     profiles: tuple[VariantProfile, ...]
     top: int = 10
     comparisons: tuple[ConvComparison, ...] = field(default_factory=tuple)
@@ -129,7 +137,10 @@ def profile_files(
     """Profile each ONNX file at each batch size on seeded standard-normal input (on TensorRT
     with an engine built for that batch size, as ``bench`` measures it)."""
     session = SessionConfig(
-        provider=config.provider, intra_op_threads=config.threads, tensorrt=config.tensorrt
+        provider=config.provider,
+        intra_op_threads=config.threads,
+        cuda=config.cuda,
+        tensorrt=config.tensorrt,
     )
     rng = np.random.default_rng(config.seed)
     profiles = []
@@ -148,57 +159,19 @@ def profile_files(
         model,
         config.provider.value,
         session.threads(),
-        cpu_isa(),
+        cpu_info(),
         tuple(profiles),
         config.top,
         tuple(comparisons),
     )
 
 
-def profile_bench_model(
-    model: str, config: ProfileConfig, checkpoint: Path | None = None
-) -> ProfileReport:
-    """Profile an export directory's variants, or a registered architecture exported to a
-    temporary fp32 ONNX file (random weights unless ``checkpoint``).
-
-    Raises :class:`~resnext_deploy.errors.ArtifactError` for a variant the export does not hold.
-    """
-    from resnext_deploy.artifact import open_artifact
-
-    if Path(model).is_dir():
-        artifact = open_artifact(model)
-        files = {v: artifact.require(v) for v in config.variants}
-        return profile_files(files, artifact.spec.input_size, config, model)
-    if config.variants != (Variant.FP32,):
-        raise ConfigError(
-            "only the fp32 graph can be profiled for an architecture name; export the model "
-            "with its fp16/int8 variants and profile the export directory"
-        )
-    with tempfile.TemporaryDirectory(prefix="resnext-profile-") as tmp:
-        path, size = _export_fp32(model, checkpoint, Path(tmp))
-        return profile_files({Variant.FP32: path}, size, config, model)
-
-
-def _export_fp32(model: str, checkpoint: Path | None, tmp: Path) -> tuple[Path, int]:
-    import torch
-
-    from resnext_deploy.environment import package_versions
-    from resnext_deploy.export.onnx_export import export_onnx
-    from resnext_deploy.models.checkpoint import LoadOptions, load_model
-    from resnext_deploy.models.registry import ARCHS, build_model
-    from resnext_deploy.spec import ModelSpec
-
-    if checkpoint is not None:
-        eager, spec = load_model(checkpoint, LoadOptions(arch=model))
-    else:
-        cfg = ARCHS.get(model)
-        torch.manual_seed(0)
-        eager = build_model(cfg, 1000)
-        spec = ModelSpec(model, 1000, cfg.input_size, cfg.input_size, arch_config=cfg.to_dict())
-    example = torch.randn(2, 3, spec.input_size, spec.input_size)
-    path = tmp / Variant.FP32.file
-    export_onnx(eager.eval(), example, path, spec, package_versions())
-    return path, spec.input_size
+def profile_source(source: BenchModel, config: ProfileConfig) -> ProfileReport:
+    """Profile the ONNX files ``bench`` measured (``source``: an export folder, or the one a
+    name was exported to). Raises :class:`~resnext_deploy.errors.ArtifactError` for a variant
+    the export does not hold."""
+    files = source.files(config.variants)
+    return profile_files(files, source.spec.input_size, config, source.name)
 
 
 def write_profile(report: ProfileReport, out_dir: Path, stem: str) -> dict[str, Path]:

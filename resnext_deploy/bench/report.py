@@ -5,16 +5,20 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from resnext_deploy.bench.harness import Measurement, Status
+from resnext_deploy.bench.harness import HarnessOverhead, Measurement, Status
+from resnext_deploy.bench.roofline import ComputeFloor
 from resnext_deploy.errors import BenchmarkError
 from resnext_deploy.fileio import atomic_write_text
 from resnext_deploy.runtime.tensorrt import TensorRTProfile
 
 REPORT_FORMAT = 2
+
+T = TypeVar("T")
 
 
 @dataclass(kw_only=True)
@@ -31,11 +35,10 @@ class BenchReport:
     config: dict[str, Any] = field(default_factory=dict)
     environment: dict[str, Any] = field(default_factory=dict)
     command: str = ""
-    overhead: dict[str, Any] | None = None
-    compute_floor: dict[str, Any] | None = None
+    overhead: HarnessOverhead | None = None
+    compute_floor: ComputeFloor | None = None  # CPU runs only
     best: dict[int, str] = field(default_factory=dict)
     tuning: dict[int, str] | None = None
-    profile: dict[str, Any] | None = None
 
     def rows(self, backend_prefix: str = "") -> list[Measurement]:
         """Successful measurements of backends whose name starts with ``backend_prefix``."""
@@ -71,6 +74,8 @@ class BenchReport:
 
     def to_dict(self) -> dict[str, Any]:
         d = {k: v for k, v in self.__dict__.items() if k != "results"}
+        d["overhead"] = self.overhead.to_dict() if self.overhead else None
+        d["compute_floor"] = self.compute_floor.to_dict() if self.compute_floor else None
         d["format"] = REPORT_FORMAT
         d["results"] = [m.to_dict() for m in self.results]
         return finite_json(d)
@@ -102,20 +107,24 @@ class BenchReport:
                 config=dict(data.get("config") or {}),
                 environment=dict(data.get("environment") or {}),
                 command=str(data.get("command") or (data.get("config") or {}).get("command", "")),
-                overhead=data.get("overhead"),
-                compute_floor=data.get("compute_floor"),
+                overhead=_read(HarnessOverhead.from_dict, data.get("overhead")),
+                compute_floor=_read(ComputeFloor.from_dict, data.get("compute_floor")),
                 best={int(k): str(v) for k, v in (data.get("best") or {}).items()},
                 tuning=(
                     {int(k): str(v) for k, v in data["tuning"].items()}
                     if data.get("tuning")
                     else None
                 ),
-                profile=data.get("profile"),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise BenchmarkError(
                 f"{source} is not a resnext-deploy benchmark report ({type(exc).__name__}: {exc})"
             ) from None
+
+
+def _read(from_dict: Callable[[dict[str, Any]], T], data: Any) -> T | None:
+    """An optional block of a report: ``None`` where the report holds none."""
+    return from_dict(data) if data else None
 
 
 def load_report(path: Path) -> BenchReport:

@@ -1,37 +1,47 @@
-"""``resnext-deploy bench`` as a function: resolve the model, sweep its runners, add context."""
+"""``resnext-deploy bench`` as a function: resolve the model once, sweep its runners, add
+context, profile, write the result files."""
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from resnext_deploy.artifact import Precision, Variant
+from resnext_deploy.artifact import Variant
 from resnext_deploy.bench.backends import (
     DEFAULT_BACKENDS,
     BackendContext,
-    BackendSpec,
+    BackendFactory,
     BenchBackend,
-    backend_spec,
-    tuning_specs,
+    backend_factory,
+    tuning_factories,
 )
+from resnext_deploy.bench.files import write_reports
 from resnext_deploy.bench.harness import (
-    Measurement,
+    HarnessOverhead,
+    Sweep,
     best_per_batch,
     harness_overhead,
-    peak_matmul_gflops,
     sweep,
     tensorrt_tuning_variants,
-    theoretical_peak_gflops,
     tuning_variants,
 )
+from resnext_deploy.bench.profile import (
+    ProfileConfig,
+    ProfileReport,
+    profile_source,
+    write_profile,
+)
 from resnext_deploy.bench.report import BenchReport
+from resnext_deploy.bench.roofline import compute_floor
+from resnext_deploy.bench.source import BenchModel, bench_model
 from resnext_deploy.environment import BENCH_PACKAGES, environment, package_versions
 from resnext_deploy.errors import BenchmarkError, ConfigError
+from resnext_deploy.fileio import check_writable_dir
 from resnext_deploy.runtime.providers import (
     CudaOptions,
     Provider,
@@ -58,6 +68,9 @@ class BenchConfig:
     tensorrt: TensorRTOptions = field(default_factory=TensorRTOptions)
     tune: bool = False
     measure_overhead: bool = True
+    profile: bool = False  # then profile each onnxruntime variant (bench/profile.py)
+    out_dir: Path | None = None  # where the result files go; None: not written
+    name: str | None = None  # their stem [default: <model>-<provider>-<time>]
     seed: int = 0
     command: str = ""
 
@@ -97,6 +110,30 @@ class BenchConfig:
         variants.pop("baseline")
         return variants
 
+    def variants(self) -> tuple[Variant, ...]:
+        """The ONNX variants the onnxruntime backends run (fp32 when none does: the profile's
+        and the tuning variants' graph)."""
+        return tuple(dict.fromkeys(k.variant for k in self.backends if k.variant)) or (
+            Variant.FP32,
+        )
+
+    def profile_config(self) -> ProfileConfig:
+        """``--profile``: each variant at each batch size, on this provider and its options,
+        CUDA graph left off: a graph replay is one launch, with no per-node events to profile."""
+        return ProfileConfig(
+            variants=self.variants(),
+            batch_sizes=self.resolved_batch_sizes(),
+            provider=self.provider,
+            threads=self.threads,
+            cuda=replace(self.cuda, enable_cuda_graph=False),
+            tensorrt=self.tensorrt,
+        )
+
+    def stem(self, model: str) -> str:
+        """The result files' stem: ``name``, or ``<model>-<provider>-<time>``."""
+        when = f"{datetime.now():%Y%m%d-%H%M%S}"
+        return self.name or f"{Path(model).name}-{self.provider.value}-{when}"
+
     def planned_measurements(self) -> int:
         """Backend x batch-size measurements the sweep will make (tuning variants included)."""
         tuned = len(self.tuning_options())
@@ -117,64 +154,103 @@ class BenchConfig:
         }
 
 
+@dataclass(frozen=True)
+class BenchRun:
+    """What ``bench`` produced: the report, the profile when asked for, and the files written
+    (none without :attr:`BenchConfig.out_dir`)."""
+
+    report: BenchReport
+    profile: ProfileReport | None = None
+    files: dict[str, Path] = field(default_factory=dict)
+    profile_files: dict[str, Path] = field(default_factory=dict)
+
+
 def run_benchmark(
     model: str,
     config: BenchConfig,
     checkpoint: Path | None = None,
     progress: Callable[[str], None] | None = None,
-) -> BenchReport:
-    """Benchmark ``model`` (an export directory or a registered architecture name).
+) -> BenchRun:
+    """Benchmark ``model`` (an export directory or a registered architecture name), then
+    profile it with ``config.profile``, and write the result files into ``config.out_dir``.
 
-    An architecture name is built with random weights (speed does not depend on them) or loaded
-    from ``checkpoint``, exported to a temporary directory and parity-checked first.
-    Raises :class:`ProviderUnavailableError` before any work when the provider cannot run.
+    The model is resolved once (:func:`~resnext_deploy.bench.source.bench_model`): an
+    architecture name is exported to a temporary folder and parity-checked, and every step
+    times those files. Raises :class:`ProviderUnavailableError` before any work when the
+    provider cannot run, and :class:`ConfigError` when ``out_dir`` is not writable.
     """
     import torch
 
     check_provider(config.provider, SessionConfig(cuda=config.cuda, tensorrt=config.tensorrt))
-    threads = config.resolved_threads()
-    torch.set_num_threads(threads)
+    if config.out_dir is not None:
+        check_writable_dir(config.out_dir, "--out folder")  # before minutes of measuring
+    torch.set_num_threads(config.resolved_threads())
+    profile = None
+    with bench_model(model, checkpoint, config.variants(), progress) as source:
+        report = measure(source, config, progress)
+        if config.profile:
+            if progress:
+                progress("profiling onnxruntime")
+            profile = profile_source(source, config.profile_config())
+    if config.out_dir is None:
+        return BenchRun(report, profile)
+    stem = config.stem(model)
+    files = write_reports(report, config.out_dir, stem)
+    profiled = write_profile(profile, config.out_dir, stem) if profile else {}
+    return BenchRun(report, profile, files, profiled)
+
+
+def measure(
+    source: BenchModel, config: BenchConfig, progress: Callable[[str], None] | None = None
+) -> BenchReport:
+    """Sweep ``config``'s backends over its batch sizes on ``source`` (seeded random input),
+    with the harness overhead and, on the CPU, the compute floor."""
     batch_sizes = config.resolved_batch_sizes()
-    with tempfile.TemporaryDirectory(prefix="resnext-bench-") as tmp:
-        eager, spec, folder = _resolve(model, checkpoint, Path(tmp), progress, config.backends)
-        from resnext_deploy.models.resnext import count_macs
+    size = source.spec.input_size
+    check_input_fits(batch_sizes, size)
+    specs = backend_factories(config, backend_context(source, config))
+    rng = np.random.default_rng(config.seed)
 
-        ctx = BackendContext(
-            model=eager,
-            export_dir=folder,
-            provider=config.provider,
-            threads=threads,
-            cuda=config.cuda,
-            # a TensorRT backend measures each batch size with an engine built for it alone
-            # (backends.BackendSpec.per_batch); this range serves a runner for all of them
-            tensorrt=replace(config.tensorrt, batch_sizes=batch_sizes),
-        )
-        check_input_fits(batch_sizes, spec.input_size)
-        specs = backend_specs(config, ctx)
-        rng = np.random.default_rng(config.seed)
-        size = spec.input_size
+    def make_batch(b: int) -> np.ndarray:
+        return rng.standard_normal((b, 3, size, size), dtype=np.float32)
 
-        def make_batch(b: int) -> np.ndarray:
-            return rng.standard_normal((b, 3, size, size), dtype=np.float32)
+    interleave = config.provider is Provider.CPU
+    result = sweep(
+        specs, batch_sizes, make_batch, config.timing, interleave=interleave, progress=progress
+    )
+    overhead = _overhead(specs, size) if config.measure_overhead else None
+    return _report(source, config, result, overhead)
 
-        result = sweep(
-            specs,
-            batch_sizes,
-            make_batch,
-            config.timing,
-            interleave=config.provider is Provider.CPU,
-            progress=progress,
-        )
-        overhead = _overhead(specs, size) if config.measure_overhead else None
-        gmacs = count_macs(eager, size) / 1e9
+
+def backend_context(source: BenchModel, config: BenchConfig) -> BackendContext:
+    return BackendContext(
+        model=source.eager,
+        export_dir=source.export_dir,
+        provider=config.provider,
+        threads=config.resolved_threads(),
+        cuda=config.cuda,
+        # a TensorRT backend measures each batch size with an engine built for it alone
+        # (backends.BackendFactory.per_batch); this range serves a runner for all of them
+        tensorrt=replace(config.tensorrt, batch_sizes=config.resolved_batch_sizes()),
+    )
+
+
+def _report(
+    source: BenchModel, config: BenchConfig, result: Sweep, overhead: HarnessOverhead | None
+) -> BenchReport:
+    from resnext_deploy.models.resnext import count_macs
+
+    threads = config.resolved_threads()
+    gmacs = count_macs(source.eager, source.spec.input_size) / 1e9
+    prefix = f"onnxruntime-{config.provider.value}"
     report = BenchReport(
-        model=model,
-        arch=spec.arch,
-        input_size=spec.input_size,
+        model=source.name,
+        arch=source.spec.arch,
+        input_size=source.spec.input_size,
         gmacs_per_image=gmacs,
         provider=config.provider.value,
         threads=threads,
-        batch_sizes=list(batch_sizes),
+        batch_sizes=list(config.resolved_batch_sizes()),
         results=result.results,
         backends=result.backends,
         config=config.to_dict(),
@@ -188,11 +264,7 @@ def run_benchmark(
         ),
         overhead=overhead,
         best=best_per_batch(result.results, ""),
-        tuning=(
-            best_per_batch(result.results, f"onnxruntime-{config.provider.value}")
-            if config.tune
-            else None
-        ),
+        tuning=best_per_batch(result.results, prefix) if config.tune else None,
     )
     if config.provider is Provider.CPU:
         report.compute_floor = compute_floor(gmacs, threads, result.results)
@@ -215,41 +287,13 @@ def check_input_fits(batch_sizes: tuple[int, ...], input_size: int) -> None:
         )
 
 
-def backend_specs(config: BenchConfig, ctx: BackendContext) -> list[BackendSpec]:
-    specs = [backend_spec(kind, ctx) for kind in config.backends]
-    return specs + tuning_specs(ctx, config.tuning_options(ctx.tensorrt))
+def backend_factories(config: BenchConfig, ctx: BackendContext) -> list[BackendFactory]:
+    """A factory per backend to measure, then one per tuning variant."""
+    factories = [backend_factory(kind, ctx) for kind in config.backends]
+    return factories + tuning_factories(ctx, config.tuning_options(ctx.tensorrt))
 
 
-def compute_floor(gmacs: float, threads: int, results: list[Measurement]) -> dict[str, Any]:
-    """FLOPs per image / peak FLOP/s, and how close the best measured path gets.
-
-    The peak is the larger of the nominal peak from /proc/cpuinfo and a measured large MatMul,
-    so that the floor is never above what was actually achieved.
-    """
-    measured = peak_matmul_gflops(threads)
-    nominal = theoretical_peak_gflops(threads)
-    nominal_gflops = float(nominal["gflops"])
-    peak = max(measured, nominal_gflops if nominal_gflops == nominal_gflops else 0.0)
-    floor_ms = 2 * gmacs / peak * 1e3
-    best = min((m.stats.ms_per_image for m in results if m.stats), default=float("nan"))
-    best_b1 = min(
-        (m.stats.p50_ms for m in results if m.stats and m.batch_size == 1), default=float("nan")
-    )
-    return {
-        "gflop_per_image": 2 * gmacs,
-        "peak_gflops": peak,
-        "peak_gflops_matmul": measured,
-        "peak_gflops_nominal": nominal_gflops,
-        "nominal_basis": nominal["basis"],
-        "floor_ms_per_image": floor_ms,
-        "best_ms_per_image": best,
-        "best_batch1_ms": best_b1,
-        "efficiency_best": floor_ms / best,
-        "efficiency_batch1": floor_ms / best_b1,
-    }
-
-
-def _overhead(specs: list[BackendSpec], input_size: int) -> dict[str, Any] | None:
+def _overhead(specs: list[BackendFactory], input_size: int) -> HarnessOverhead | None:
     spec = next((s for s in specs if s.name.startswith("onnxruntime")), None)
     if spec is None:
         return None
@@ -258,64 +302,5 @@ def _overhead(specs: list[BackendSpec], input_size: int) -> dict[str, Any] | Non
     )
     with spec.runner_for(1) as runner:
         bound = runner.bind(batch)
-        result: dict[str, Any] = harness_overhead(bound.run, runner.sync)
-    result["backend"] = spec.name
-    return result
-
-
-def _precisions(backends: tuple[BenchBackend, ...]) -> tuple[Precision, ...]:
-    """The ONNX variants an architecture name must be exported with for ``backends``. int8 needs
-    calibration images, which a bare architecture name has not: refused with what to do."""
-    variants = {k.variant for k in backends if k.variant is not None}
-    if Variant.INT8 in variants:
-        raise ConfigError(
-            "backend onnxruntime-int8 needs an int8 variant calibrated on images, which an "
-            "architecture name has not: export the model with precision int8 and calibration "
-            "images, then benchmark that export folder"
-        )
-    return (Precision.FP32, *((Precision.FP16,) if Variant.FP16 in variants else ()))
-
-
-def _resolve(
-    model: str,
-    checkpoint: Path | None,
-    tmp: Path,
-    progress: Callable[[str], None] | None,
-    backends: tuple[BenchBackend, ...] = (),
-) -> tuple[Any, Any, Path]:
-    from resnext_deploy.artifact import WEIGHTS_FILE, open_artifact
-    from resnext_deploy.models.checkpoint import LoadOptions, load_model, read_checkpoint
-    from resnext_deploy.models.registry import ARCHS, build_model
-
-    if Path(model).is_dir():
-        artifact = open_artifact(model)
-        spec = artifact.spec
-        eager = build_model(spec.architecture(), spec.num_classes)
-        eager.load_state_dict(read_checkpoint(artifact.file(WEIGHTS_FILE)).state_dict)
-        return eager.eval(), spec, artifact.path
-    precisions = _precisions(backends)  # before minutes of loading and exporting
-    from resnext_deploy.export.pipeline import ExportConfig, export_model
-    from resnext_deploy.spec import ModelSpec
-    from resnext_deploy.verify import VerifyConfig
-
-    if checkpoint is not None:
-        eager, spec = load_model(checkpoint, LoadOptions(arch=model))
-    else:
-        import torch
-
-        cfg = ARCHS.get(model)
-        torch.manual_seed(0)
-        eager = build_model(cfg, 1000)
-        spec = ModelSpec(model, 1000, cfg.input_size, cfg.input_size, arch_config=cfg.to_dict())
-    if progress:
-        progress(f"exporting {model} (random weights)" if checkpoint is None else "exporting")
-    export_model(
-        eager,
-        spec,
-        ExportConfig(
-            out_dir=tmp / "model",
-            verify=VerifyConfig(batch_sizes=(1, 2), auto_cuda=False),
-            precisions=precisions,
-        ),
-    )
-    return eager, spec, tmp / "model"
+        result = harness_overhead(bound.run, runner.sync)
+    return replace(result, backend=spec.name)

@@ -136,6 +136,23 @@ def _check(name: str, status: CheckStatus, detail: str, **data: object) -> Check
     return Check(section="smoke", name=name, status=status, detail=detail, data=dict(data))
 
 
+def _error_check(name: str, worst: float, limit: Tolerance, detail: str, **data: object) -> Check:
+    """PASS when ``worst``, the largest relative error against the CPU reference, is within
+    ``limit``; the row's data starts with ``max_rel=worst``."""
+    status = CheckStatus.PASS if worst <= limit.max_rel else CheckStatus.FAIL
+    return _check(name, status, detail, max_rel=worst, **data)
+
+
+def _error_against(worst: float, tolerance: Tolerance) -> str:
+    """``max rel error 1.2e-06 <= 0.0001``, the comparison as it came out."""
+    ok = worst <= tolerance.max_rel
+    return f"max rel error {worst:.1e} {'<=' if ok else '>'} {tolerance.max_rel:g}"
+
+
+def _sizes(batches: list[np.ndarray]) -> str:
+    return ", ".join(str(len(x)) for x in batches)
+
+
 def _cpu_reference(model: bytes) -> Callable[[np.ndarray], np.ndarray]:
     """A plain onnxruntime CPU session, none of resnext-deploy's code in the way."""
     import onnxruntime as ort
@@ -180,16 +197,10 @@ def _io_binding_check(
             e2e.run()
             runner.sync()
             worst = max(worst, _relative_error(e2e.fetch(), reference(-x)))
-    ok = worst <= tolerance.max_rel
     paths = "bound" + (" and end-to-end" if runner.device != "cpu" else "") + " calls"
-    return _check(
-        "IO binding",
-        CheckStatus.PASS if ok else CheckStatus.FAIL,
-        f"{paths} at batch {', '.join(str(len(x)) for x in batches)} equal a plain CPU session: "
-        f"max rel error {worst:.1e} {'<=' if ok else '>'} {tolerance.max_rel:g}",
-        max_rel=worst,
-        tolerance=tolerance.max_rel,
-    )
+    detail = f"{paths} at batch {_sizes(batches)} equal a plain CPU session: "
+    detail += _error_against(worst, tolerance)
+    return _error_check("IO binding", worst, tolerance, detail, tolerance=tolerance.max_rel)
 
 
 def _cuda_graph_check(
@@ -219,14 +230,9 @@ def _cuda_graph_check(
             worst = max(worst, _relative_error(runner.infer(first), reference(first)))
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types mid-run
         return _check("CUDA graph", CheckStatus.FAIL, first_line(exc))
-    ok = worst <= FP32_TOLERANCE.max_rel
-    return _check(
-        "CUDA graph",
-        CheckStatus.PASS if ok else CheckStatus.FAIL,
-        f"captured one graph per batch size ({', '.join(str(len(x)) for x in batches)}) in one "
-        f"session; replays with updated inputs: max rel error {worst:.1e}",
-        max_rel=worst,
-    )
+    detail = f"captured one graph per batch size ({_sizes(batches)}) in one session; replays "
+    detail += f"with updated inputs: max rel error {worst:.1e}"
+    return _error_check("CUDA graph", worst, FP32_TOLERANCE, detail)
 
 
 def _fp16_check(
@@ -247,13 +253,9 @@ def _fp16_check(
             where = runner.placement()
     except Exception as exc:  # noqa: BLE001 - conversion or session errors alike
         return _check("fp16 variant", CheckStatus.FAIL, first_line(exc))
-    ok = worst <= FP16_TOLERANCE.max_rel
-    return _check(
-        "fp16 variant",
-        CheckStatus.PASS if ok else CheckStatus.FAIL,
-        f"converted as export does, run on {ORT_NAMES[provider]} "
-        f"({where.convs_on_requested} of {where.convs} Conv there): max rel error {worst:.1e} "
-        f"{'<=' if ok else '>'} {FP16_TOLERANCE.max_rel:g} against fp32 on the CPU",
-        max_rel=worst,
-        tolerance=FP16_TOLERANCE.max_rel,
+    detail = f"converted as export does, run on {ORT_NAMES[provider]} "
+    detail += f"({where.convs_on_requested} of {where.convs} Conv there): "
+    detail += _error_against(worst, FP16_TOLERANCE) + " against fp32 on the CPU"
+    return _error_check(
+        "fp16 variant", worst, FP16_TOLERANCE, detail, tolerance=FP16_TOLERANCE.max_rel
     )

@@ -1,26 +1,25 @@
 """What the machine offers: onnxruntime's build and providers, the CUDA libraries, the driver and
-GPU, the CPU's instruction sets and threads. No torch: found with ctypes, NVML (``pynvml``,
-optional), ``nvidia-smi`` and ``/proc``."""
+GPU, the CPU's instruction sets and threads. No torch: the libraries are found with ctypes, the
+GPU and CPU facts come from :mod:`resnext_deploy.machine`."""
 
 from __future__ import annotations
 
 import ctypes
 import glob
 import os
-import shutil
-import subprocess
 from typing import Any
 
 from resnext_deploy.doctor.packages import one_package_check
 from resnext_deploy.doctor.report import Check, CheckStatus, needed
 from resnext_deploy.errors import ProviderUnavailableError
+from resnext_deploy.machine.cpu import CPUINFO, TRACKED_FLAGS, CpuInfo, cpu_info
+from resnext_deploy.machine.gpu import gpu_properties
 from resnext_deploy.runtime.cuda_libs import (
     CudaLibraryReport,
     LibraryResult,
     cuda_libraries,
     load_cuda_libraries,
 )
-from resnext_deploy.runtime.device_memory import physical_index
 from resnext_deploy.runtime.providers import (
     ORT_NAMES,
     Provider,
@@ -256,10 +255,10 @@ def _gpu(provider: Provider, device_id: int) -> Check:
             status=needed(provider),
             detail="NVML (pynvml) and nvidia-smi cannot report a GPU",
         )
-    cc = gpu.get("compute_capability")
+    cc = gpu.compute_capability
     notes = ""
     if cc:
-        major = int(str(cc).split(".")[0])
+        major = int(cc.split(".")[0])
         notes = (
             "; fp16 and TF32 tensor cores"
             if major >= 8
@@ -271,75 +270,10 @@ def _gpu(provider: Provider, device_id: int) -> Check:
         section="gpu",
         name="GPU",
         status=CheckStatus.PASS,
-        detail=f"{gpu['name']}, {gpu['memory_mb']:.0f} MiB, compute capability {cc}{notes} "
-        f"(driver {gpu['driver']}, via {gpu['source']})",
-        data=gpu,
+        detail=f"{gpu.name}, {gpu.memory_mb:.0f} MiB, compute capability {cc}{notes} "
+        f"(driver {gpu.driver}, via {gpu.source})",
+        data=gpu.to_dict(),
     )
-
-
-def gpu_properties(device_id: int = 0) -> dict[str, Any] | None:
-    """Name, total memory (MiB), compute capability and driver of CUDA device ``device_id``
-    from NVML, else from ``nvidia-smi``; ``None`` when neither answers."""
-    index = physical_index(device_id)
-    try:
-        import pynvml
-    except ImportError:
-        pynvml = None
-    if pynvml is not None:
-        try:
-            pynvml.nvmlInit()
-            try:
-                handle = (
-                    pynvml.nvmlDeviceGetHandleByUUID(index)
-                    if isinstance(index, str)
-                    else pynvml.nvmlDeviceGetHandleByIndex(index)
-                )
-                name = pynvml.nvmlDeviceGetName(handle)
-                major, minor = pynvml.nvmlDeviceGetCudaComputeCapability(handle)
-                driver = pynvml.nvmlSystemGetDriverVersion()
-                return {
-                    "name": name.decode() if isinstance(name, bytes) else str(name),
-                    "memory_mb": pynvml.nvmlDeviceGetMemoryInfo(handle).total / 2**20,
-                    "compute_capability": f"{major}.{minor}",
-                    "driver": driver.decode() if isinstance(driver, bytes) else str(driver),
-                    "source": "nvml",
-                }
-            finally:
-                pynvml.nvmlShutdown()
-        except Exception:  # noqa: BLE001 - pynvml.NVMLError: fall through to nvidia-smi
-            pass
-    return _smi_gpu(index)
-
-
-def _smi_gpu(index: int | str) -> dict[str, Any] | None:
-    if shutil.which("nvidia-smi") is None:
-        return None
-    query = "--query-gpu=name,memory.total,compute_cap,driver_version"
-    try:
-        out = subprocess.run(
-            ["nvidia-smi", f"--id={index}", query, "--format=csv,noheader,nounits"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-    except (subprocess.SubprocessError, OSError):
-        return None
-    fields = [f.strip() for f in out.splitlines()[0].split(",")] if out else []
-    if len(fields) != 4:
-        return None
-    name, memory, cc, driver = fields
-    try:
-        memory_mb = float(memory)
-    except ValueError:
-        return None
-    return {
-        "name": name,
-        "memory_mb": memory_mb,
-        "compute_capability": cc,
-        "driver": driver,
-        "source": "nvidia-smi",
-    }
 
 
 def tensorrt_cache_check(provider: Provider) -> Check:
@@ -369,99 +303,76 @@ def tensorrt_cache_check(provider: Provider) -> Check:
     )
 
 
-# x86 flags in /proc/cpuinfo that decide how int8 and bf16 run.
-ISA_FLAGS = {
-    "avx2": "AVX2",
-    "fma": "FMA",
-    "avx512f": "AVX-512",
-    "avx512_vnni": "AVX512-VNNI",
-    "avx_vnni": "AVX-VNNI",
-    "avx512_bf16": "AVX512-BF16",
-    "amx_tile": "AMX",
-    "amx_int8": "AMX-INT8",
-    "amx_bf16": "AMX-BF16",
-}
-
-
-def cpu_info(path: str = "/proc/cpuinfo") -> dict[str, Any]:
-    """Vendor, model and the :data:`ISA_FLAGS` present, from the first CPU in ``path``."""
-    vendor = model = ""
-    flags: set[str] = set()
-    try:
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                key = key.strip()
-                if key == "vendor_id" and not vendor:
-                    vendor = value.strip()
-                elif key == "model name" and not model:
-                    model = value.strip()
-                elif key == "flags" and not flags:
-                    flags = set(value.split())
-    except OSError:
-        pass
-    return {
-        "vendor": vendor,
-        "model": model,
-        "isa": [label for flag, label in ISA_FLAGS.items() if flag in flags],
-        "has_flags": bool(flags),
-    }
-
-
-def cpu_checks(path: str = "/proc/cpuinfo") -> list[Check]:
-    """The CPU's instruction sets, what they mean for int8 and bf16, and threads."""
-    info = cpu_info(path)
-    isa = set(info["isa"])
-    if not info["has_flags"]:
+def cpu_checks(path: str = str(CPUINFO)) -> list[Check]:
+    """The CPU's instruction sets (from ``path``), what they mean for int8 and bf16, and
+    threads."""
+    cpu = cpu_info(path)
+    if not cpu.flags:
         return [
             Check(
                 section="cpu",
                 name="ISA",
                 status=CheckStatus.SKIP,
                 detail="no x86 flags in /proc/cpuinfo: instruction sets unknown",
-                data=info,
+                data=_cpu_data(cpu),
             ),
-            _threads_check(),
+            _threads_check(cpu),
         ]
-    absent = [label for label in ISA_FLAGS.values() if label not in isa]
-    cpu = Check(
-        section="cpu",
-        name="ISA",
-        status=CheckStatus.PASS,
-        detail=f"{info['model'] or '?'} ({info['vendor'] or '?'}): "
-        f"{', '.join(info['isa']) or 'none of the tracked extensions'}"
-        + (f"; not present: {', '.join(absent)}" if absent else ""),
-        data=info,
-    )
-    if isa & {"AVX512-VNNI", "AVX-VNNI", "AMX-INT8"}:
-        int8 = (
-            "int8 dot products in one instruction (VNNI/AMX): onnxruntime's int8 kernels use "
-            "them, so the int8 variant is where this CPU gains most over fp32"
-        )
-    elif "AVX2" in isa:
-        int8 = (
-            "no VNNI or AMX: int8 runs on AVX2 multiply-add sequences (uint8 activations x int8 "
-            "weights), so the int8 variant gains less over fp32 here; measure it with bench"
-        )
-    else:
-        int8 = "no AVX2: int8 and fp32 both run on SSE-level kernels"
-    if isa & {"AVX512-BF16", "AMX-BF16"}:
-        bf16 = (
-            "bf16 in hardware: OpenVINO picks bf16 by default on such CPUs; give it an f32 "
-            "precision hint to compare like with like"
-        )
-    else:
-        bf16 = "no bf16 hardware: bf16 would be emulated, slower than fp32; keep fp32 or int8"
     return [
-        cpu,
-        Check(section="cpu", name="int8", status=CheckStatus.PASS, detail=int8),
-        Check(section="cpu", name="bf16", status=CheckStatus.PASS, detail=bf16),
-        _threads_check(),
+        _isa_check(cpu),
+        Check(section="cpu", name="int8", status=CheckStatus.PASS, detail=_int8_note(cpu)),
+        Check(section="cpu", name="bf16", status=CheckStatus.PASS, detail=_bf16_note(cpu)),
+        _threads_check(cpu),
     ]
 
 
-def _threads_check() -> Check:
-    logical = os.cpu_count() or 1
+def _cpu_data(cpu: CpuInfo) -> dict[str, Any]:
+    return {
+        "vendor": cpu.vendor,
+        "model": cpu.model,
+        "isa": cpu.tracked,
+        "has_flags": bool(cpu.flags),
+    }
+
+
+def _isa_check(cpu: CpuInfo) -> Check:
+    absent = [label for label in TRACKED_FLAGS.values() if label not in cpu.tracked]
+    return Check(
+        section="cpu",
+        name="ISA",
+        status=CheckStatus.PASS,
+        detail=f"{cpu.model or '?'} ({cpu.vendor or '?'}): "
+        f"{', '.join(cpu.tracked) or 'none of the tracked extensions'}"
+        + (f"; not present: {', '.join(absent)}" if absent else ""),
+        data=_cpu_data(cpu),
+    )
+
+
+def _int8_note(cpu: CpuInfo) -> str:
+    if cpu.int8_accelerated:
+        return (
+            "int8 dot products in one instruction (VNNI/AMX): onnxruntime's int8 kernels use "
+            "them, so the int8 variant is where this CPU gains most over fp32"
+        )
+    if cpu.avx2:
+        return (
+            "no VNNI or AMX: int8 runs on AVX2 multiply-add sequences (uint8 activations x int8 "
+            "weights), so the int8 variant gains less over fp32 here; measure it with bench"
+        )
+    return "no AVX2: int8 and fp32 both run on SSE-level kernels"
+
+
+def _bf16_note(cpu: CpuInfo) -> str:
+    if cpu.bf16:
+        return (
+            "bf16 in hardware: OpenVINO picks bf16 by default on such CPUs; give it an f32 "
+            "precision hint to compare like with like"
+        )
+    return "no bf16 hardware: bf16 would be emulated, slower than fp32; keep fp32 or int8"
+
+
+def _threads_check(cpu: CpuInfo) -> Check:
+    logical = cpu.logical_cores
     usable = available_cores()
     session = SessionConfig().threads()
     omp = os.environ.get("OMP_NUM_THREADS")

@@ -15,12 +15,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from resnext_deploy.artifact import BATCH_AXIS, INPUT_NAME, OUTPUT_NAME
 from resnext_deploy.errors import ArtifactError, ConfigError, ExportError, first_line
 from resnext_deploy.spec import SPEC_KEY, ModelSpec
 
-INPUT_NAME = "input"
-OUTPUT_NAME = "logits"
-BATCH_AXIS = "batch"
 DEFAULT_OPSET = 20
 MIN_OPSET = 18
 

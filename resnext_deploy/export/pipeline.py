@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -46,7 +47,8 @@ DEFAULT_ROOT = Path("exported")
 
 @dataclass(frozen=True, kw_only=True)
 class ExportConfig:
-    """``out_dir`` defaults to ``exported/<arch>``."""
+    """``out_dir`` defaults to ``exported/<arch>``. ``precisions``: the variants to write; fp32
+    is always among them (the others derive from it), in :class:`Precision`'s order."""
 
     out_dir: Path | None = None
     opset: int = DEFAULT_OPSET
@@ -58,6 +60,8 @@ class ExportConfig:
 
     def __post_init__(self) -> None:
         check_opset(self.opset)
+        written = tuple(p for p in Precision if p is Precision.FP32 or p in self.precisions)
+        object.__setattr__(self, "precisions", written)
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,16 @@ class ExportResult:
     convs: ConvSummary
     parity: ParityReport
     int8: Int8Result | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "out_dir": str(self.out_dir),
+            "spec": self.spec.to_dict(),
+            "files": self.files,
+            "conv_groups": self.convs.by_group,
+            "parity": self.parity.to_dict(),
+            "int8": self.int8.to_dict() if self.int8 else None,
+        }
 
 
 def export_checkpoint(checkpoint: Path, load: LoadOptions, config: ExportConfig) -> ExportResult:

@@ -22,15 +22,15 @@ activations onnxruntime leaves convolutions in fp32 and is slower than fp32 here
    calibration images), and the fewest top-ranked layers are kept in fp32 that bring agreement
    above the gate (doubling, then bisection).
 
-The chosen fp32 layers, the reason for each, the calibration method and the CPU's ISA are written
-to the model's metadata and returned.
+The chosen fp32 layers (chosen in :mod:`resnext_deploy.export.fp32_layers`), the reason for each,
+the calibration method and the CPU's ISA are written to the model's metadata and returned.
 """
 
 from __future__ import annotations
 
 import json
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,16 +39,26 @@ import numpy as np
 
 from resnext_deploy.errors import ConfigError, ExportError
 from resnext_deploy.export.calibration import CalibrationMethod
+from resnext_deploy.export.fp32_layers import (
+    QUANTIZABLE,
+    ClassSpeed,
+    Fp32Layer,
+    accuracy_layers,
+    conv_classes,
+    fewest_fp32_layers,
+    measure_class_speeds,
+    module_names,
+    output_layers,
+    rank_layers,
+    slow_class_layers,
+)
 from resnext_deploy.export.variants import copy_metadata, save_checked
-from resnext_deploy.runtime.cpu import CpuIsa, cpu_isa
+from resnext_deploy.machine.cpu import CpuInfo, cpu_info
 
 MS_DOMAIN = "com.microsoft"
-QUANTIZABLE = ("Conv", "Gemm")
 # At most this share of the quantizable layers may be kept in fp32 to meet the accuracy gate;
 # beyond it the "int8" model is mostly fp32 and the export is refused instead.
 MAX_FP32_SHARE = 0.5
-SPEED_MARGIN = 0.1
-SPEED_FLOOR_MS = 0.05
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -69,31 +79,6 @@ class Int8Config:
             raise ConfigError("the int8 agreement threshold must be between 0 and 1")
         if not 0 <= self.max_fp32_share <= 1 or self.accuracy_images < 1:
             raise ConfigError("max_fp32_share must be in [0, 1] and accuracy_images >= 1")
-
-
-@dataclass(frozen=True)
-class ClassSpeed:
-    """One convolution class, profiled in fp32 and in int8 (ms per call, summed over the batch
-    sizes profiled)."""
-
-    conv_class: str
-    nodes: int
-    fp32_ms: float
-    int8_ms: float
-
-    @property
-    def int8_slower(self) -> bool:
-        """Slower by more than :data:`SPEED_MARGIN` and :data:`SPEED_FLOOR_MS`: closer than that
-        is profiler noise, and int8 wins the tie (smaller file)."""
-        excess = self.int8_ms - self.fp32_ms
-        return excess > self.fp32_ms * SPEED_MARGIN and excess > SPEED_FLOOR_MS
-
-
-@dataclass(frozen=True)
-class Fp32Layer:
-    node: str
-    module: str
-    reason: str
 
 
 @dataclass(frozen=True)
@@ -261,108 +246,6 @@ def running_convs(path: Path, threads: int | None = None) -> tuple[int, int]:
     return int8, fp32
 
 
-# --- choosing the fp32 layers -------------------------------------------------------------------
-
-
-def conv_classes(graph: Any) -> dict[str, str]:
-    """Node name -> convolution class (``group=32 3x3``) for every Conv of ``graph``."""
-    from onnx import helper
-
-    from resnext_deploy.runtime.profiling import conv_class
-
-    classes = {}
-    for node in graph.node:
-        if node.op_type != "Conv":
-            continue
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        kernel = tuple(int(k) for k in attrs.get("kernel_shape", ()))
-        cls = conv_class("Conv", int(attrs.get("group", 1)), kernel)
-        if cls is not None:
-            classes[node.name] = cls
-    return classes
-
-
-def measure_class_speeds(
-    fp32: Path, int8: Path, input_size: int, batch_sizes: tuple[int, ...], threads: int | None
-) -> tuple[ClassSpeed, ...]:
-    """Profile both graphs and set their convolution classes side by side."""
-    from resnext_deploy.runtime.profiling import profile_model
-    from resnext_deploy.runtime.providers import SessionConfig
-
-    config = SessionConfig(intra_op_threads=threads)
-    rng = np.random.default_rng(0)
-    a: dict[str, float] = {}
-    b: dict[str, float] = {}
-    counts: dict[str, int] = {}
-    for size in batch_sizes:
-        batch = rng.standard_normal((size, 3, input_size, input_size), dtype=np.float32)
-        pa = profile_model(fp32, batch, config, runs=10, warmup=3)
-        pb = profile_model(int8, batch, config, runs=10, warmup=3)
-        for cls, ms in pa.conv_ms().items():
-            a[cls] = a.get(cls, 0.0) + ms
-        for cls, ms in pb.conv_ms().items():
-            b[cls] = b.get(cls, 0.0) + ms
-        for node in pa.nodes:
-            if node.conv_class is not None and size == batch_sizes[0]:
-                counts[node.conv_class] = counts.get(node.conv_class, 0) + 1
-    return tuple(ClassSpeed(c, counts.get(c, 0), a[c], b[c]) for c in sorted(a) if c in b)
-
-
-def rank_layers(
-    fp32: Path, int8: Path, images: np.ndarray, candidates: list[str]
-) -> list[tuple[str, str, float]]:
-    """Quantized layers (node names in ``candidates``) as (node, module, added relative error),
-    most harmful first."""
-    import onnx
-
-    from resnext_deploy.artifact import Variant
-    from resnext_deploy.localize import compare_activations, find_boundaries, onnx_activations
-
-    boundaries = find_boundaries(onnx.load(str(fp32)))
-    ref, missing_ref = onnx_activations(fp32, boundaries, images)
-    out, missing = onnx_activations(int8, boundaries, images)
-    loc = compare_activations(
-        "int8", "fp32", boundaries, ref, out, Variant.INT8.tolerance, missing_ref | missing
-    )
-    errors = {layer.name: layer.added for layer in loc.layers}
-    ranked = [
-        (b.node, b.name, errors[b.name])
-        for b in boundaries
-        if b.node in candidates and b.name in errors
-    ]
-    return sorted(ranked, key=lambda item: -item[2])
-
-
-def fewest_fp32_layers(
-    ranked: list[str], passes: Callable[[list[str]], tuple[bool, float]], limit: int
-) -> tuple[int, list[tuple[int, float]]]:
-    """Smallest ``k <= limit`` with ``passes(ranked[:k])``: doubling, then bisection (agreement
-    grows, mostly, with the layers kept). Returns (k, the (k, agreement) pairs tried); k is -1
-    when even ``limit`` layers do not pass."""
-    tried: list[tuple[int, float]] = []
-
-    def check(k: int) -> bool:
-        ok, agreement = passes(ranked[:k])
-        tried.append((k, agreement))
-        return ok
-
-    low, k = 0, 1
-    while k < limit and not check(k):
-        low, k = k, k * 2
-    if k >= limit:
-        k = limit
-        if not check(k):
-            return -1, tried
-    high = k
-    while high - low > 1:
-        mid = (low + high) // 2
-        if check(mid):
-            high = mid
-        else:
-            low = mid
-    return high, tried
-
-
 # --- the export step ----------------------------------------------------------------------------
 
 
@@ -377,115 +260,36 @@ def export_int8(
     and accuracy (see the module docstring). Raises :class:`ExportError` when top-1 agreement
     stays below ``config.min_agreement`` with as many fp32 layers as allowed, or when onnxruntime
     would not run the kept layers in fp32."""
-    import onnx
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
     config = config or Int8Config()
     if len(calibration) == 0 or len(held_out) == 0:
         raise ConfigError("int8 needs calibration images and held-out images to check accuracy")
-    isa = cpu_isa()
-    input_size = int(calibration.shape[-1])
+    isa = cpu_info()
     with tempfile.TemporaryDirectory(prefix="resnext-int8-") as tmp:
         work = Path(tmp)
-        prepared = work / "prepared.onnx"
-        quant_pre_process(str(src), str(prepared), skip_symbolic_shape=True)
-        graph = onnx.load(str(prepared), load_external_data=False).graph
-        layers = [n.name for n in graph.node if n.op_type in QUANTIZABLE]
-        modules = _module_names(graph)
-        # The classifier produces the logits: quantized, they are clipped to the calibrated
-        # range (images unlike the calibration set lose their ranking), for ~0.1% of the MACs.
-        outputs = {o.name for o in graph.output}
-        keep: dict[str, Fp32Layer] = {
-            n.name: Fp32Layer(n.name, modules.get(n.name, n.name), "output layer: logits stay fp32")
-            for n in graph.node
-            if n.name in layers and set(n.output) & outputs
-        }
-        ranges = calibrate(prepared, calibration, config.method, work / "ranges.json")
-
-        speeds: tuple[ClassSpeed, ...] = ()
-        if config.speed_batch_sizes:
-            everything = work / "all.onnx"
-            quantize(prepared, everything, ranges, config.method, [])
-            speeds = measure_class_speeds(
-                src, everything, input_size, config.speed_batch_sizes, config.threads
-            )
-            slow = {s.conv_class: s for s in speeds if s.int8_slower}
-            for node, cls in conv_classes(graph).items():
-                if cls in slow:
-                    s = slow[cls]
-                    keep[node] = Fp32Layer(
-                        node,
-                        modules.get(node, node),
-                        f"speed: {cls} convolutions take {s.int8_ms:.2f} ms in int8 and "
-                        f"{s.fp32_ms:.2f} ms in fp32 here",
-                    )
-
-        candidate = work / "int8.onnx"
-
-        def attempt(extra: list[str]) -> tuple[bool, float]:
-            quantize(prepared, candidate, ranges, config.method, [*keep, *extra])
-            agreement = top1_agreement(src, candidate, held_out, config.threads)
-            return agreement >= config.min_agreement, agreement
-
-        passed, agreement = attempt([])
-        attempts = [(len(keep), agreement)]
-        if not passed:
-            ranked = rank_layers(
-                src,
-                candidate,
-                calibration[: config.accuracy_images],
-                [n for n in layers if n not in keep],
-            )
-            limit = int(config.max_fp32_share * len(layers)) - len(keep)
-            k, tried = fewest_fp32_layers([r[0] for r in ranked], attempt, max(limit, 0))
-            attempts += [(len(keep) + n, a) for n, a in tried]
-            if k < 0:
-                best = max(a for _, a in attempts)
-                raise ExportError(
-                    f"int8 top-1 agreement with fp32 is at most {best:.2%} on {len(held_out)} "
-                    f"held-out images, below the required {config.min_agreement:.2%}, even with "
-                    f"{len(keep) + max(limit, 0)} of {len(layers)} layers kept in fp32; "
-                    "calibrate on more representative images, try another calibration method, "
-                    "or keep fp32"
-                )
-            for node, module, err in ranked[:k]:
-                keep[node] = Fp32Layer(node, module, f"accuracy: adds {err:.2g} relative error")
-            passed, agreement = attempt([])  # the final model, with exactly the chosen layers
-        model = onnx.load(str(candidate))
-        copy_metadata(
-            onnx.load(str(src), load_external_data=False),
-            model,
-            {
-                "precision": "int8",
-                "calibration_images": str(len(calibration)),
-                "calibration_method": config.method.value,
-                "fp32_nodes": ",".join(keep),
-                "fp32_layers": json.dumps([asdict(layer) for layer in keep.values()]),
-                "cpu_isa": json.dumps(isa.to_dict()),
-            },
-        )
-        save_checked(model, candidate)
-        int8_convs, fp32_convs = running_convs(candidate, config.threads)
-        kept_convs = sum(1 for n in keep if n in conv_classes(graph))
-        if fp32_convs < kept_convs:
-            raise ExportError(
-                f"onnxruntime runs {fp32_convs} convolutions in fp32, not the {kept_convs} "
-                "chosen: it fused kept layers back into int8 kernels"
-            )
-        fp32_ms, int8_ms = batch1_ms(src, candidate, held_out[:1], config.threads)
-        candidate.replace(dst)
+        prepared = _prepare(src, work)
+        keep = output_layers(prepared.graph, prepared.layers, prepared.modules)
+        ranges = calibrate(prepared.path, calibration, config.method, work / "ranges.json")
+        q = _Quantizer(src, prepared, ranges, work, held_out, config)
+        speeds = _choose_by_speed(q, int(calibration.shape[-1]))
+        keep.update(speeds.layers)
+        accuracy = _choose_by_accuracy(q, keep, calibration)
+        keep.update(accuracy.layers)
+        _write_metadata(q, keep, len(calibration), isa)
+        int8_convs, fp32_convs = _check_kept_convs_run_in_fp32(q, keep)
+        fp32_ms, int8_ms = batch1_ms(src, q.candidate, held_out[:1], config.threads)
+        q.candidate.replace(dst)
     return Int8Result(
         calibration_images=len(calibration),
         held_out_images=len(held_out),
-        top1_agreement=agreement,
+        top1_agreement=accuracy.agreement,
         fp32_bytes=src.stat().st_size,
         int8_bytes=dst.stat().st_size,
         method=config.method.value,
         fp32_layers=tuple(keep.values()),
-        class_speeds=speeds,
+        class_speeds=speeds.speeds,
         int8_convs=int8_convs,
         fp32_convs=fp32_convs,
-        attempts=tuple(attempts),
+        attempts=accuracy.attempts,
         isa=isa.to_dict(),
         warnings=int8_warnings(isa, fp32_ms, int8_ms),
         fp32_ms=fp32_ms,
@@ -493,7 +297,154 @@ def export_int8(
     )
 
 
-def int8_warnings(isa: CpuIsa, fp32_ms: float, int8_ms: float) -> tuple[str, ...]:
+@dataclass(frozen=True)
+class _Prepared:
+    """The fp32 graph after onnxruntime's quantization pre-processing (what is quantized), its
+    quantizable layers and their module names."""
+
+    path: Path
+    graph: Any
+    layers: list[str]
+    modules: dict[str, str]
+
+
+@dataclass(frozen=True)
+class _Quantizer:
+    """One int8 export's fixed inputs: every attempt quantizes ``prepared`` with the same
+    ``ranges`` into :attr:`candidate` and measures it against ``src`` on ``held_out``."""
+
+    src: Path
+    prepared: _Prepared
+    ranges: Path
+    work: Path
+    held_out: np.ndarray
+    config: Int8Config
+
+    @property
+    def candidate(self) -> Path:
+        return self.work / "int8.onnx"
+
+    def attempt(self, keep: list[str]) -> tuple[bool, float]:
+        """Quantize with the nodes in ``keep`` in fp32: (passes the gate, top-1 agreement)."""
+        quantize(self.prepared.path, self.candidate, self.ranges, self.config.method, keep)
+        agreement = top1_agreement(self.src, self.candidate, self.held_out, self.config.threads)
+        return agreement >= self.config.min_agreement, agreement
+
+
+@dataclass(frozen=True)
+class _SpeedChoice:
+    speeds: tuple[ClassSpeed, ...] = ()
+    layers: dict[str, Fp32Layer] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _AccuracyChoice:
+    """The layers the accuracy search adds (none when the gate passes without), the final
+    model's agreement and every (fp32 layers, agreement) tried."""
+
+    layers: dict[str, Fp32Layer]
+    agreement: float
+    attempts: tuple[tuple[int, float], ...]
+
+
+def _prepare(src: Path, work: Path) -> _Prepared:
+    import onnx
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    prepared = work / "prepared.onnx"
+    quant_pre_process(str(src), str(prepared), skip_symbolic_shape=True)
+    graph = onnx.load(str(prepared), load_external_data=False).graph
+    layers = [n.name for n in graph.node if n.op_type in QUANTIZABLE]
+    return _Prepared(prepared, graph, layers, module_names(graph))
+
+
+def _choose_by_speed(q: _Quantizer, input_size: int) -> _SpeedChoice:
+    """Profile the all-int8 graph against fp32 and keep every convolution class that int8 runs
+    slower (nothing when ``speed_batch_sizes`` is empty)."""
+    if not q.config.speed_batch_sizes:
+        return _SpeedChoice()
+    everything = q.work / "all.onnx"
+    quantize(q.prepared.path, everything, q.ranges, q.config.method, [])
+    speeds = measure_class_speeds(
+        q.src, everything, input_size, q.config.speed_batch_sizes, q.config.threads
+    )
+    classes = conv_classes(q.prepared.graph)
+    return _SpeedChoice(speeds, slow_class_layers(speeds, classes, q.prepared.modules))
+
+
+def _choose_by_accuracy(
+    q: _Quantizer, keep: dict[str, Fp32Layer], calibration: np.ndarray
+) -> _AccuracyChoice:
+    """Quantize with the layers in ``keep``; below the gate, add the fewest of the layers that
+    add the most error. Leaves :attr:`_Quantizer.candidate` holding the final model. Raises
+    :class:`ExportError` when even the most layers allowed in fp32 do not reach the gate."""
+    passed, agreement = q.attempt(list(keep))
+    attempts = [(len(keep), agreement)]
+    if passed:
+        return _AccuracyChoice({}, agreement, tuple(attempts))
+    layers = q.prepared.layers
+    ranked = rank_layers(
+        q.src,
+        q.candidate,
+        calibration[: q.config.accuracy_images],
+        [n for n in layers if n not in keep],
+    )
+    limit = max(int(q.config.max_fp32_share * len(layers)) - len(keep), 0)
+    k, tried = fewest_fp32_layers(
+        [r[0] for r in ranked], lambda extra: q.attempt([*keep, *extra]), limit
+    )
+    attempts += [(len(keep) + n, a) for n, a in tried]
+    if k < 0:
+        best = max(a for _, a in attempts)
+        raise ExportError(
+            f"int8 top-1 agreement with fp32 is at most {best:.2%} on {len(q.held_out)} "
+            f"held-out images, below the required {q.config.min_agreement:.2%}, even with "
+            f"{len(keep) + limit} of {len(layers)} layers kept in fp32; "
+            "calibrate on more representative images, try another calibration method, "
+            "or keep fp32"
+        )
+    chosen = accuracy_layers(ranked[:k])
+    _, agreement = q.attempt([*keep, *chosen])  # the final model, with exactly the chosen layers
+    return _AccuracyChoice(chosen, agreement, tuple(attempts))
+
+
+def _write_metadata(
+    q: _Quantizer, keep: dict[str, Fp32Layer], calibration_images: int, isa: CpuInfo
+) -> None:
+    """The fp32 export's metadata, plus the int8 choices and the CPU they were made on."""
+    import onnx
+
+    model = onnx.load(str(q.candidate))
+    copy_metadata(
+        onnx.load(str(q.src), load_external_data=False),
+        model,
+        {
+            "precision": "int8",
+            "calibration_images": str(calibration_images),
+            "calibration_method": q.config.method.value,
+            "fp32_nodes": ",".join(keep),
+            "fp32_layers": json.dumps([asdict(layer) for layer in keep.values()]),
+            "cpu_isa": json.dumps(isa.to_dict()),
+        },
+    )
+    save_checked(model, q.candidate)
+
+
+def _check_kept_convs_run_in_fp32(q: _Quantizer, keep: dict[str, Fp32Layer]) -> tuple[int, int]:
+    """(int8, fp32) convolutions onnxruntime runs; raises :class:`ExportError` when fewer run
+    in fp32 than were kept."""
+    int8_convs, fp32_convs = running_convs(q.candidate, q.config.threads)
+    convs = conv_classes(q.prepared.graph)
+    kept_convs = sum(1 for n in keep if n in convs)
+    if fp32_convs < kept_convs:
+        raise ExportError(
+            f"onnxruntime runs {fp32_convs} convolutions in fp32, not the {kept_convs} "
+            "chosen: it fused kept layers back into int8 kernels"
+        )
+    return int8_convs, fp32_convs
+
+
+def int8_warnings(isa: CpuInfo, fp32_ms: float, int8_ms: float) -> tuple[str, ...]:
     notes = []
     if not isa.int8_accelerated:
         notes.append(
@@ -506,19 +457,6 @@ def int8_warnings(isa: CpuIsa, fp32_ms: float, int8_ms: float) -> tuple[str, ...
             "at batch 1): deploy fp32 here, or int8 on a CPU with VNNI"
         )
     return tuple(notes)
-
-
-def _module_names(graph: Any) -> dict[str, str]:
-    """Node name -> module path, from the folded weights' names (``layer2.0.conv2.weight``)."""
-    names = {}
-    for node in graph.node:
-        if (
-            node.op_type in QUANTIZABLE
-            and len(node.input) > 1
-            and node.input[1].endswith(".weight")
-        ):
-            names[node.name] = node.input[1][: -len(".weight")]
-    return names
 
 
 def top1_agreement(fp32: Path, int8: Path, images: np.ndarray, threads: int | None) -> float:

@@ -31,40 +31,28 @@ from pathlib import Path
 from typing import Any
 
 from resnext_deploy import __version__
-from resnext_deploy.artifact import Variant, open_artifact, parse_variant
+from resnext_deploy.artifact import (
+    ONNX_TO_V2,
+    Variant,
+    check_model_name,
+    model_name_for,
+    open_artifact,
+    parse_variant,
+)
 from resnext_deploy.errors import ArtifactError, ConfigError
 from resnext_deploy.export.atomic import atomic_directory
 from resnext_deploy.runtime.providers import CudaOptions
 
-VARIANT_FILES = {v.value: v.file for v in Variant}
-ONNX_TO_TRITON = {
-    "float32": "TYPE_FP32",
-    "float16": "TYPE_FP16",
-    "uint8": "TYPE_UINT8",
-    "int64": "TYPE_INT64",
-    "int32": "TYPE_INT32",
-    "int8": "TYPE_INT8",
-}
 LABELS_FILE = "labels.txt"
-# Triton loads a model from a folder of its name: one path segment, nothing a config quote or
-# a shell could misread.
-MODEL_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 TENSOR_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:/-]*")
 CUDA_ACCELERATOR_MIN_TRITON = "24.06"
 # ONNX IR version -> (highest default-domain opset, first onnxruntime that reads both, first
 # Triton release shipping that onnxruntime). Only what was checked; other files get no claim.
 IR_REQUIREMENTS = {10: (21, "1.18", "24.05")}
-
-
-def check_model_name(name: str) -> str:
-    """Return ``name`` or raise :class:`ConfigError`: letters, digits, ``_ . -`` only, no
-    ``..``, no path separators or quotes, at most 128 characters."""
-    if not MODEL_NAME.fullmatch(name) or ".." in name:
-        raise ConfigError(
-            f"Triton model name {name!r} is not allowed: use letters, digits, '_', '-' and '.' "
-            "(no '/', '..' or quotes; at most 128 characters, not starting with '.' or '-')"
-        )
-    return name
+# Triton's config types are the KServe v2 datatypes with a prefix: TYPE_FP32.
+TRITON_TYPES = {onnx_type: f"TYPE_{v2}" for onnx_type, v2 in ONNX_TO_V2.items()}
+# How errors call a model name here (Triton loads a model from a folder of its name).
+NAME_KIND = "Triton model name"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -85,7 +73,7 @@ class TritonConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "variant", parse_variant(str(self.variant)))
         if self.model_name is not None:
-            check_model_name(self.model_name)
+            check_model_name(self.model_name, NAME_KIND)
         if self.max_batch_size < 1 or self.instances < 1 or self.version < 1:
             raise ConfigError("max_batch_size, instances and version must be >= 1")
         if any(b < 1 or b > self.max_batch_size for b in self.preferred_batch_sizes):
@@ -162,7 +150,7 @@ def render_config(
 ) -> str:
     """``config.pbtxt`` text for the ONNX file, in protobuf text format. Outputs with
     ``num_classes`` scores per image get ``label_filename``."""
-    check_model_name(name)
+    check_model_name(name, NAME_KIND)
     inputs, outputs = _io(onnx_path)
     needs = requirements(onnx_path, config.gpu)
     preferred = config.preferred_batch_sizes or _default_preferred(config.max_batch_size)
@@ -246,9 +234,7 @@ def write_repository(
             f"{export_dir} has no {variant.value} variant ({variant.file}); export it "
             "with that variant first"
         )
-    name = check_model_name(
-        config.model_name or re.sub(r"[^A-Za-z0-9_.-]", "_", artifact.spec.arch)
-    )
+    name = config.model_name or model_name_for(artifact.spec.arch, NAME_KIND)
     with atomic_directory(
         out_dir,
         overwrite=overwrite,
@@ -286,7 +272,6 @@ def write_repository(
 
 def _io(onnx_path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     import onnx
-    from onnx import helper
 
     graph = onnx.load(str(onnx_path), load_external_data=False).graph
     init = {i.name for i in graph.initializer}
@@ -299,7 +284,9 @@ def _io(onnx_path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
             if not TENSOR_NAME.fullmatch(v.name):
                 raise ArtifactError(f"tensor name {v.name!r} cannot be written into a config")
             tt = v.type.tensor_type
-            dtype = helper.tensor_dtype_to_np_dtype(tt.elem_type).name
+            dtype = onnx.TensorProto.DataType.Name(tt.elem_type).lower()
+            if dtype not in TRITON_TYPES:
+                raise ArtifactError(f"{v.name} has type {dtype}, which Triton configs cannot carry")
             dims = [d.dim_value if d.HasField("dim_value") else -1 for d in tt.shape.dim]
             if not dims or dims[0] != -1:
                 raise ArtifactError(
@@ -307,7 +294,7 @@ def _io(onnx_path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
                 )
             if any(d == -1 for d in dims[1:]):
                 raise ArtifactError(f"{v.name} has dynamic dimensions besides the batch axis")
-            found.append({"name": v.name, "type": ONNX_TO_TRITON[dtype], "dims": dims[1:]})
+            found.append({"name": v.name, "type": TRITON_TYPES[dtype], "dims": dims[1:]})
         return found
 
     return describe(graph.input), describe(graph.output)

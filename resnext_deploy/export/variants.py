@@ -12,24 +12,20 @@ from typing import Any
 
 import numpy as np
 
-from resnext_deploy.artifact import Precision  # re-exported for the API
-from resnext_deploy.errors import ConfigError, ExportError, first_line
+from resnext_deploy.artifact import (
+    BATCH_AXIS,
+    IMAGE_INPUT_NAME,
+    OUTPUT_NAME,
+    PROBABILITIES_NAME,
+)
+from resnext_deploy.artifact import Precision as Precision  # re-exported for the API
+from resnext_deploy.errors import ExportError, first_line
 from resnext_deploy.spec import ModelSpec
 
 FP16_MAX = 65504.0
 # Reductions and the classifier accumulate many terms: fp16 loses most there, so they stay fp32.
 FP16_KEEP_FP32 = ["ReduceMean", "GlobalAveragePool", "Gemm", "Softmax"]
 
-
-
-def parse_precisions(text: str) -> tuple[Precision, ...]:
-    """``"fp16,int8"`` -> (FP32, FP16, INT8): fp32 is always exported, the others derive from it."""
-    names = [p.strip().lower() for p in text.split(",") if p.strip()]
-    valid = {p.value for p in Precision}
-    bad = [n for n in names if n not in valid]
-    if bad or not names:
-        raise ConfigError(f"precision takes {', '.join(sorted(valid))}, not {text!r}")
-    return tuple(p for p in Precision if p.value in names or p is Precision.FP32)
 
 
 def copy_metadata(src: Any, dst: Any, extra: dict[str, str]) -> None:
@@ -117,9 +113,9 @@ def export_with_preprocessing(model: Any, spec: ModelSpec, dst: Path, opset: int
                 dynamo=True,
                 external_data=False,
                 opset_version=opset,
-                input_names=["image"],
-                output_names=["logits", "probabilities"],
-                dynamic_shapes={"image": {0: torch.export.Dim("batch")}},
+                input_names=[IMAGE_INPUT_NAME],
+                output_names=[OUTPUT_NAME, PROBABILITIES_NAME],
+                dynamic_shapes={IMAGE_INPUT_NAME: {0: torch.export.Dim(BATCH_AXIS)}},
                 verbose=False,
             )
         except Exception as exc:  # noqa: BLE001 - exporter failures come in many types

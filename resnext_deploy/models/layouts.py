@@ -77,32 +77,29 @@ def _count(state: Mapping[str, torch.Tensor], pattern: str) -> list[int]:
     return sorted({int(m.group(1)) for k in state if (m := rx.match(k))})
 
 
+def _stage_blocks(
+    state: Mapping[str, torch.Tensor], stage: str, block: Callable[[int], str]
+) -> tuple[list[int], list[tuple[int, int]]]:
+    """The blocks per stage (the architecture's ``layers``) and each ``(stage, block)`` number
+    pair, in key order; ``stage`` captures a stage number, ``block(s)`` a block number in ``s``."""
+    layers, pairs = [], []
+    for s in _count(state, stage):
+        blocks = _count(state, block(s))
+        layers.append(len(blocks))
+        pairs += [(s, b) for b in blocks]
+    return layers, pairs
+
+
 def _from_modulelist(state: Mapping[str, torch.Tensor]) -> tuple[State, ArchConfig]:
     out: State = {}
     try:
         out["conv1.weight"] = state["conv1.weight"].clone()
         _copy_bn(out, state, "bn1", "bn1")
-        stacks = _count(state, r"stack(\d+)\.")
-        layers = []
-        for s in stacks:
-            blocks = _count(state, rf"stack{s}\.blocks\.(\d+)\.")
-            layers.append(len(blocks))
-            for i in blocks:
-                src, dst = f"stack{s}.blocks.{i}", f"layer{s}.{i}"
-                groups = _count(state, rf"{re.escape(src)}\.grouped_conv\.conv_layers\.(\d+)\.")
-                out[f"{dst}.conv1.weight"] = state[f"{src}.conv1.weight"].clone()
-                _copy_bn(out, state, f"{src}.bn1", f"{dst}.bn1")
-                # Per-group kernels [w/C, w/C, 3, 3] stacked on the output axis are the grouped
-                # kernel [w, w/C, 3, 3]: output channel block g reads only input block g.
-                out[f"{dst}.conv2.weight"] = torch.cat(
-                    [state[f"{src}.grouped_conv.conv_layers.{g}.weight"] for g in groups], dim=0
-                )
-                _copy_bn(out, state, f"{src}.grouped_conv.bn", f"{dst}.bn2")
-                out[f"{dst}.conv3.weight"] = state[f"{src}.conv2.weight"].clone()
-                _copy_bn(out, state, f"{src}.bn2", f"{dst}.bn3")
-                if f"{src}.shortcut.0.weight" in state:
-                    out[f"{dst}.downsample.0.weight"] = state[f"{src}.shortcut.0.weight"].clone()
-                    _copy_bn(out, state, f"{src}.shortcut.1", f"{dst}.downsample.1")
+        layers, pairs = _stage_blocks(
+            state, r"stack(\d+)\.", lambda s: rf"stack{s}\.blocks\.(\d+)\."
+        )
+        for s, i in pairs:
+            _modulelist_block(out, state, f"stack{s}.blocks.{i}", f"layer{s}.{i}")
         out["fc.weight"], out["fc.bias"] = state["fc.weight"].clone(), state["fc.bias"].clone()
         cardinality = len(_count(state, r"stack1\.blocks\.0\.grouped_conv\.conv_layers\.(\d+)\."))
         width = out["layer1.0.conv2.weight"].shape[0]
@@ -112,35 +109,30 @@ def _from_modulelist(state: Mapping[str, torch.Tensor]) -> tuple[State, ArchConf
     return out, cfg
 
 
+def _modulelist_block(out: State, state: Mapping[str, torch.Tensor], src: str, dst: str) -> None:
+    groups = _count(state, rf"{re.escape(src)}\.grouped_conv\.conv_layers\.(\d+)\.")
+    out[f"{dst}.conv1.weight"] = state[f"{src}.conv1.weight"].clone()
+    _copy_bn(out, state, f"{src}.bn1", f"{dst}.bn1")
+    # Per-group kernels [w/C, w/C, 3, 3] stacked on the output axis are the grouped
+    # kernel [w, w/C, 3, 3]: output channel block g reads only input block g.
+    out[f"{dst}.conv2.weight"] = torch.cat(
+        [state[f"{src}.grouped_conv.conv_layers.{g}.weight"] for g in groups], dim=0
+    )
+    _copy_bn(out, state, f"{src}.grouped_conv.bn", f"{dst}.bn2")
+    out[f"{dst}.conv3.weight"] = state[f"{src}.conv2.weight"].clone()
+    _copy_bn(out, state, f"{src}.bn2", f"{dst}.bn3")
+    if f"{src}.shortcut.0.weight" in state:
+        out[f"{dst}.downsample.0.weight"] = state[f"{src}.shortcut.0.weight"].clone()
+        _copy_bn(out, state, f"{src}.shortcut.1", f"{dst}.downsample.1")
+
+
 def _from_parts(state: Mapping[str, torch.Tensor]) -> tuple[State, ArchConfig]:
     out: State = {}
     try:
         _conv_bn_folded(out, state, "conv1", "bn1", "conv1", "bn1")
-        stages = _count(state, r"part(\d+)_")
-        layers = []
-        for s in stages:
-            blocks = _count(state, rf"part{s}_(\d+)\.")
-            layers.append(len(blocks))
-            for b in blocks:
-                src, dst = f"part{s}_{b}", f"layer{s}.{b - 1}"
-                for n in (1, 2, 3):
-                    _conv_bn_folded(
-                        out,
-                        state,
-                        f"{src}.conv{n}",
-                        f"{src}.bn{n}",
-                        f"{dst}.conv{n}",
-                        f"{dst}.bn{n}",
-                    )
-                if f"{src}.shortcut.weight" in state:
-                    _conv_bn_folded(
-                        out,
-                        state,
-                        f"{src}.shortcut",
-                        f"{src}.shortcut_bn",
-                        f"{dst}.downsample.0",
-                        f"{dst}.downsample.1",
-                    )
+        layers, pairs = _stage_blocks(state, r"part(\d+)_", lambda s: rf"part{s}_(\d+)\.")
+        for s, b in pairs:
+            _parts_block(out, state, f"part{s}_{b}", f"layer{s}.{b - 1}")
         out["fc.weight"], out["fc.bias"] = state["fn1.weight"].clone(), state["fn1.bias"].clone()
         grouped = state["part1_1.conv2.weight"]
     except KeyError as exc:
@@ -149,6 +141,22 @@ def _from_parts(state: Mapping[str, torch.Tensor]) -> tuple[State, ArchConfig]:
     cardinality = width // grouped.shape[1]
     cfg = _config(layers, cardinality, width, stride_in_1x1=True, bn_eps=1e-5)
     return out, cfg
+
+
+def _parts_block(out: State, state: Mapping[str, torch.Tensor], src: str, dst: str) -> None:
+    for n in (1, 2, 3):
+        _conv_bn_folded(
+            out, state, f"{src}.conv{n}", f"{src}.bn{n}", f"{dst}.conv{n}", f"{dst}.bn{n}"
+        )
+    if f"{src}.shortcut.weight" in state:
+        _conv_bn_folded(
+            out,
+            state,
+            f"{src}.shortcut",
+            f"{src}.shortcut_bn",
+            f"{dst}.downsample.0",
+            f"{dst}.downsample.1",
+        )
 
 
 def _conv_bn_folded(

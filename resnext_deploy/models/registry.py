@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from resnext_deploy.errors import RegistryError
 from resnext_deploy.spec import ArchConfig
@@ -15,6 +16,14 @@ class ArchInfo:
     config: ArchConfig
     params: int
     gmacs: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "params": self.params,
+            "gmacs": self.gmacs,
+            "config": self.config.to_dict(),
+        }
 
 
 class Registry:

@@ -70,18 +70,13 @@ class Runner(ABC):
         return None
 
     def reset_peak_memory(self) -> None:  # noqa: B027 - optional hook
-        """Forget the device-memory peak so that :meth:`device_memory_mb` covers what follows."""
+        """Forget the device-memory peak so that :meth:`device_memory` covers what follows."""
 
     def device_memory(self) -> DeviceMemory | None:
         """Device memory with what the figure covers (:class:`MemoryScope`: this runner's
         allocator peak since :meth:`reset_peak_memory`, the process, or the whole device);
         ``None`` on the CPU."""
         return None
-
-    def device_memory_mb(self) -> float | None:
-        """The MiB of :meth:`device_memory`; read its ``scope`` before comparing runners."""
-        memory = self.device_memory()
-        return None if memory is None else memory.mb
 
     def close(self) -> None:  # noqa: B027 - optional hook, a no-op by default
         """Release the session or module."""

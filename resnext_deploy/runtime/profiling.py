@@ -90,9 +90,6 @@ class OrtProfile:
     def top(self, n: int = 10) -> tuple[NodeTime, ...]:
         return self.nodes[:n]
 
-    def kind_ms(self, kind: str) -> float:
-        return next((k.ms for k in self.kinds if k.kind == kind), 0.0)
-
     def conv_ms(self) -> dict[str, float]:
         """Milliseconds per convolution class (``group=32 3x3``), whatever kernel ran it."""
         totals: dict[str, float] = defaultdict(float)

@@ -192,18 +192,55 @@ def create_session(
     """
     import onnxruntime as ort
 
-    wanted = ORT_NAMES[config.provider]
+    _require_built_in(ort, config.provider)
+    missing = _preload_cuda_libraries(ort, config.provider)
+    opened = _open_session(ort, model, config, _session_engine(model, config, engine), missing)
+    opened.session.disable_fallback()  # enable_fallback=0 already did; say it where run() looks
+    _check_provider_used(opened, config.provider, missing)
+    return opened.session
+
+
+@dataclass(frozen=True)
+class _OpenedSession:
+    """A session onnxruntime created, with what it logged meanwhile (the reason given when the
+    session turns out to run elsewhere)."""
+
+    session: Any
+    log: str
+
+
+def _require_built_in(ort: Any, provider: Provider) -> None:
+    wanted = ORT_NAMES[provider]
     if wanted not in ort.get_available_providers():
         raise ProviderUnavailableError(
             f"{wanted} is not built into this onnxruntime ({ort.__version__}); install "
             "onnxruntime-gpu (and only it: it conflicts with the onnxruntime package)"
         )
-    missing = _preload_cuda_libraries(ort, config.provider)
-    if config.provider is Provider.TENSORRT:
-        engine = engine or resolve_engine(model, config.tensorrt)
-        _make_cache_dirs(config.tensorrt, engine)
-    else:
-        engine = None
+
+
+def _session_engine(
+    model: str | Path | bytes, config: SessionConfig, engine: TensorRTEngine | None
+) -> TensorRTEngine | None:
+    """TensorRT's profile and cache folders for ``model`` (created here), None on the other
+    providers."""
+    if config.provider is not Provider.TENSORRT:
+        return None
+    engine = engine or resolve_engine(model, config.tensorrt)
+    _make_cache_dirs(config.tensorrt, engine)
+    return engine
+
+
+def _open_session(
+    ort: Any,
+    model: str | Path | bytes,
+    config: SessionConfig,
+    engine: TensorRTEngine | None,
+    missing: str,
+) -> _OpenedSession:
+    """The ``InferenceSession`` with onnxruntime's output captured; a provider that fails to
+    start raises :class:`ProviderUnavailableError` with onnxruntime's reason (on the CPU
+    provider, onnxruntime's own error is raised as it is)."""
+    wanted = ORT_NAMES[config.provider]
     source = model if isinstance(model, bytes) else str(model)
     failure: str | None = None
     with capture_native_output() as log:
@@ -225,17 +262,22 @@ def create_session(
             f"{wanted} could not start: {failure.rstrip('.')}{said}{missing}"
             f"{_visible_devices_hint()}"
         )
-    session.disable_fallback()  # enable_fallback=0 already did; say it where run() looks
-    active = session.get_providers()
+    return _OpenedSession(session, log.text())
+
+
+def _check_provider_used(opened: _OpenedSession, provider: Provider, missing: str) -> None:
+    """The two guards: the session's first provider is the one asked for, and (off the CPU)
+    its convolutions were placed there."""
+    wanted = ORT_NAMES[provider]
+    active = opened.session.get_providers()
     if active[0] != wanted:
         raise ProviderUnavailableError(
             f"{wanted} was requested but onnxruntime would run on {active[0]} "
-            f"(no usable GPU?){_reason(log.text())}{missing}. resnext-deploy never falls back "
+            f"(no usable GPU?){_reason(opened.log)}{missing}. resnext-deploy never falls back "
             "silently: ask for the CPU provider to run on the CPU."
         )
-    if config.provider is not Provider.CPU:
-        check_placement(read_placement(session, wanted))
-    return session
+    if provider is not Provider.CPU:
+        check_placement(read_placement(opened.session, wanted))
 
 
 def check_provider(provider: Provider, config: SessionConfig | None = None) -> None:

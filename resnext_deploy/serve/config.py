@@ -4,29 +4,16 @@ Serve application (a plain JSON-able dict), so ``serve deploy`` builds exactly w
 
 from __future__ import annotations
 
-import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from resnext_deploy.artifact import Variant, parse_variant
+from resnext_deploy.artifact import Variant, check_model_name, model_name_for, parse_variant
 from resnext_deploy.errors import ConfigError
 from resnext_deploy.runtime.providers import Provider
 
-# A model name is one URL path segment and one Ray deployment name: no "/", "#", quotes, "..".
-MODEL_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 DEFAULT_PORT = 8000
 IMPORT_PATH = "resnext_deploy.serve.app:build_app"
-
-
-def check_model_name(name: str) -> str:
-    """Return ``name`` or raise :class:`ConfigError` saying which characters are allowed."""
-    if not MODEL_NAME.fullmatch(name) or ".." in name:
-        raise ConfigError(
-            f"model name {name!r} is not allowed: use letters, digits, '_', '-' and '.' "
-            "(no '..', at most 128 characters, not starting with '.' or '-')"
-        )
-    return name
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -62,6 +49,7 @@ class ServeConfig:
     check_hashes: bool = True
 
     def __post_init__(self) -> None:
+        # The name is one URL path segment and one Ray deployment name.
         if self.model_name is not None:
             check_model_name(self.model_name)
         if self.provider is Provider.TENSORRT:
@@ -85,7 +73,7 @@ class ServeConfig:
 
     def name_for(self, arch: str) -> str:
         """The served model's name: as configured, else the architecture's."""
-        return self.model_name or check_model_name(re.sub(r"[^A-Za-z0-9_.-]", "_", arch))
+        return self.model_name or model_name_for(arch)
 
     @property
     def max_ongoing_requests(self) -> int:

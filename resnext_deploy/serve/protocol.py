@@ -22,19 +22,12 @@ from typing import Any
 
 import numpy as np
 
+from resnext_deploy.artifact import ONNX_TO_V2
 from resnext_deploy.errors import DeployError
 
-# onnxruntime's type strings -> the protocol's datatypes and numpy dtypes.
-ORT_TO_V2 = {
-    "tensor(float)": "FP32",
-    "tensor(float16)": "FP16",
-    "tensor(double)": "FP64",
-    "tensor(uint8)": "UINT8",
-    "tensor(int8)": "INT8",
-    "tensor(int32)": "INT32",
-    "tensor(int64)": "INT64",
-    "tensor(bool)": "BOOL",
-}
+# onnxruntime's type strings (``tensor(float)``) -> the protocol's datatypes.
+ORT_TO_V2 = {f"tensor({onnx_type})": v2 for onnx_type, v2 in ONNX_TO_V2.items()}
+# The protocol's datatypes -> numpy dtypes.
 V2_DTYPES: dict[str, np.dtype[Any]] = {
     "FP32": np.dtype("<f4"),
     "FP16": np.dtype("<f2"),

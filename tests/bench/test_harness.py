@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from resnext_deploy.bench.backends import BackendSpec
+from resnext_deploy.bench.backends import BackendFactory
 from resnext_deploy.bench.compare import compare_reports
 from resnext_deploy.bench.files import to_csv, write_reports
 from resnext_deploy.bench.harness import (
@@ -25,6 +26,7 @@ from resnext_deploy.bench.harness import (
     tuning_variants,
 )
 from resnext_deploy.bench.report import BenchReport, load_report
+from resnext_deploy.bench.roofline import ComputeFloor
 from resnext_deploy.bench.run import BenchConfig
 from resnext_deploy.cli import app
 from resnext_deploy.errors import BenchmarkError, ConfigError
@@ -77,8 +79,8 @@ class SleepRunner(Runner):
         self.closed = True
 
 
-def spec(runner: Runner) -> BackendSpec:
-    return BackendSpec(runner.name, lambda: runner)
+def spec(runner: Runner) -> BackendFactory:
+    return BackendFactory(runner.name, lambda: runner)
 
 
 def test_measure_reports_first_call_separately() -> None:
@@ -152,7 +154,7 @@ def test_on_a_gpu_one_backend_is_alive_at_a_time() -> None:
         def close(self) -> None:
             alive.remove(self.name)
 
-    specs = [BackendSpec(n, lambda n=n: Tracked(n)) for n in ("a", "b", "c")]
+    specs = [BackendFactory(n, lambda n=n: Tracked(n)) for n in ("a", "b", "c")]
     result = sweep(specs, (1, 2), zeros, FAST, interleave=False)
     assert max(peak) == 1 and alive == []
     assert [(m.backend, m.batch_size) for m in result.results] == [
@@ -178,19 +180,10 @@ def test_oom_detection(exc: BaseException, expected: bool) -> None:
 
 def test_harness_overhead_is_measured_on_an_empty_call_and_related_to_latency() -> None:
     result = harness_overhead(lambda: time.sleep(0.003), lambda: None, blocks=4, per_block=2)
-    assert 0 <= result["cost_us"] < 50  # clock reads and a list append, not milliseconds
-    assert result["bare_ms"] == pytest.approx(3.0, rel=0.5)
-    assert result["overhead_pct"] == pytest.approx(
-        result["cost_us"] / 1e3 / result["bare_ms"] * 100
-    )
-    assert abs(result["paired_pct"]) < 50
-
-
-def test_nominal_peak_follows_the_cpu_flags() -> None:
-    from resnext_deploy.bench.harness import theoretical_peak_gflops
-
-    peak = theoretical_peak_gflops(2)
-    assert peak["gflops"] > 0 and "FLOP/cycle" in str(peak["basis"])
+    assert 0 <= result.cost_us < 50  # clock reads and a list append, not milliseconds
+    assert result.bare_ms == pytest.approx(3.0, rel=0.5)
+    assert result.overhead_pct == pytest.approx(result.cost_us / 1e3 / result.bare_ms * 100)
+    assert abs(result.paired_pct) < 50
 
 
 def test_default_batch_sizes_depend_on_the_provider() -> None:
@@ -267,6 +260,20 @@ def _report(p50: dict[tuple[str, int], float | None]) -> dict[str, Any]:
     }
 
 
+FLOOR = ComputeFloor(
+    gflop_per_image=8.0,
+    peak_gflops=160.0,
+    peak_gflops_matmul=150.0,
+    peak_gflops_nominal=160.0,
+    nominal_basis="2 cores x 2.50 GHz x 32 FLOP/cycle (AVX2, 2 FMA pipes)",
+    floor_ms_per_image=50.0,
+    best_ms_per_image=60.0,
+    best_batch1_ms=70.0,
+    efficiency_best=50 / 60,
+    efficiency_batch1=50 / 70,
+)
+
+
 def typed(p50: dict[tuple[str, int], float | None]) -> BenchReport:
     return BenchReport.from_dict(_report(p50))
 
@@ -284,7 +291,7 @@ def test_writers_produce_every_format(tmp_path: Path) -> None:
     report = typed(
         {("torch-eager", 1): 10.0, ("onnxruntime-cpu", 1): 5.0, ("onnxruntime-cpu", 2): None}
     )
-    report.compute_floor = {"best_batch1_ms": float("nan")}
+    report.compute_floor = replace(FLOOR, best_batch1_ms=float("nan"))
     paths = write_reports(report, tmp_path, "r")
     text = paths["json"].read_text()
     assert "NaN" not in text and json.loads(text)["compute_floor"]["best_batch1_ms"] is None

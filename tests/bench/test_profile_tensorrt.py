@@ -16,9 +16,10 @@ from onnxruntime.capi import onnxruntime_pybind11_state as ort_c
 
 from resnext_deploy.bench.profile import (
     ProfileConfig,
-    profile_bench_model,
     profile_markdown,
+    profile_source,
 )
+from resnext_deploy.bench.source import bench_model
 from resnext_deploy.errors import ConfigError
 from resnext_deploy.runtime.profiling import TENSORRT_ENGINE, optimized_graph
 from resnext_deploy.runtime.providers import Provider, SessionConfig
@@ -102,7 +103,8 @@ def test_tensorrt_is_profiled_without_saving_the_graph(
     compiled: type[CompiledSession], tiny_export: Path
 ) -> None:
     config = ProfileConfig(provider=Provider.TENSORRT, batch_sizes=(1, 4), runs=3, warmup=1)
-    report = profile_bench_model(str(tiny_export), config)
+    with bench_model(str(tiny_export)) as source:
+        report = profile_source(source, config)
     assert len(compiled.created) == 2  # one profiled session per batch size, nothing else
     for session, b in zip(compiled.created, (1, 4), strict=True):
         assert not session.options.optimized_model_filepath

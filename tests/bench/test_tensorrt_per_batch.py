@@ -82,7 +82,7 @@ def test_each_batch_size_gets_an_engine_tuned_for_it(
         measure_overhead=False,
         timing=Timing(warmup=0, min_iters=2, min_time_s=0.0, max_iters=2),
     )
-    report = run_benchmark(str(tiny_export), config)
+    report = run_benchmark(str(tiny_export), config).report
     built = pretend_tensorrt.built
     assert [(p.min_batch, p.opt_batch, p.max_batch) for p in built if p] == [
         (1, 1, 1), (4, 4, 4), (16, 16, 16)
@@ -122,6 +122,6 @@ def check_report_files(report: Any, out: Path) -> None:
 def test_other_providers_keep_one_runner_for_every_batch_size(tmp_path: Path) -> None:
     ctx = backends.BackendContext(model=None, export_dir=tmp_path, provider=Provider.CUDA)
     (tmp_path / "model.onnx").write_bytes(b"")
-    assert not backends.backend_spec(BenchBackend.ONNXRUNTIME, ctx).per_batch
+    assert not backends.backend_factory(BenchBackend.ONNXRUNTIME, ctx).per_batch
     trt = backends.BackendContext(model=None, export_dir=tmp_path, provider=Provider.TENSORRT)
-    assert backends.backend_spec(BenchBackend.ONNXRUNTIME, trt).per_batch
+    assert backends.backend_factory(BenchBackend.ONNXRUNTIME, trt).per_batch

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 
 from resnext_deploy.bench import backends
-from resnext_deploy.bench.backends import BackendContext, BenchBackend, tuning_specs
+from resnext_deploy.bench.backends import BackendContext, BenchBackend, tuning_factories
 from resnext_deploy.bench.harness import tensorrt_tuning_variants, tuning_variants
-from resnext_deploy.bench.run import BenchConfig, backend_specs
+from resnext_deploy.bench.run import BenchConfig, backend_factories
 from resnext_deploy.doctor.smoke import tiny_resnext_onnx
 from resnext_deploy.errors import ConfigError
 from resnext_deploy.runtime.providers import (
@@ -52,7 +52,7 @@ def test_tensorrt_tune_varies_tensorrt_options_one_at_a_time(
         provider=Provider.TENSORRT,
         tensorrt=TensorRTOptions(batch_sizes=(1, 8), cache_dir=str(tmp_path / "trt")),
     )
-    specs = backend_specs(config, ctx)
+    specs = backend_factories(config, ctx)
     for spec in specs:
         spec.runner_for(8)
     names = [s.name for s in specs]
@@ -87,17 +87,17 @@ def test_tensorrt_tune_varies_tensorrt_options_one_at_a_time(
 def test_cuda_variants_are_refused_on_tensorrt(tmp_path: Path) -> None:
     ctx = BackendContext(model=None, export_dir=tmp_path, provider=Provider.TENSORRT)
     with pytest.raises(ConfigError, match="TensorRT's options"):
-        tuning_specs(ctx, tuning_variants(CudaOptions()))
+        tuning_factories(ctx, tuning_variants(CudaOptions()))
     cuda = BackendContext(model=None, export_dir=tmp_path, provider=Provider.CUDA)
     with pytest.raises(ConfigError):
-        tuning_specs(cuda, tensorrt_tuning_variants(TensorRTOptions()))
+        tuning_factories(cuda, tensorrt_tuning_variants(TensorRTOptions()))
 
 
 def test_cuda_tune_still_varies_cuda_options(tmp_path: Path) -> None:
     variants = tuning_variants(CudaOptions())
     variants.pop("baseline")
     cuda = BackendContext(model=None, export_dir=tmp_path, provider=Provider.CUDA)
-    names = [s.name for s in tuning_specs(cuda, variants)]
+    names = [s.name for s in tuning_factories(cuda, variants)]
     assert "onnxruntime-cuda[cuda_graph=1]" in names and len(names) == len(variants)
 
 

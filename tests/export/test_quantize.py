@@ -17,16 +17,15 @@ from resnext_deploy.export.calibration import (
     CalibrationMethod,
     calibration_sets,
 )
+from resnext_deploy.export.fp32_layers import conv_classes
 from resnext_deploy.export.quantize import (
     Int8Config,
     calibrate,
-    conv_classes,
     export_int8,
-    fewest_fp32_layers,
     int8_warnings,
     quantize,
 )
-from resnext_deploy.runtime.cpu import CpuIsa, parse_cpuinfo
+from resnext_deploy.machine.cpu import CpuInfo, parse_cpuinfo
 
 
 @pytest.fixture(scope="module")
@@ -184,19 +183,6 @@ def test_calibration_methods_give_different_activation_ranges(digits, tmp_path: 
     assert (scales[CalibrationMethod.PERCENTILE] <= scales[CalibrationMethod.MINMAX] * 1.0001).all()
 
 
-def test_fewest_layers_search_finds_the_smallest_passing_count() -> None:
-    calls = []
-
-    def passes(layers: list[str]) -> tuple[bool, float]:
-        calls.append(len(layers))
-        return len(layers) >= 5, len(layers) / 10
-
-    k, tried = fewest_fp32_layers([f"n{i}" for i in range(20)], passes, limit=10)
-    assert k == 5 and tried[-1][0] in (5, 6, 7, 8) and len(calls) <= 6
-    assert fewest_fp32_layers(["a", "b"], lambda layers: (False, 0.0), limit=2)[0] == -1
-    assert fewest_fp32_layers(["a"], lambda layers: (True, 1.0), limit=1)[0] == 1
-
-
 def test_cpu_isa_from_cpuinfo_and_the_int8_warning() -> None:
     zen3 = parse_cpuinfo("model name\t: AMD EPYC 7B13\nflags\t\t: fpu sse avx avx2 fma\n")
     assert zen3.avx2 and not zen3.avx512 and not zen3.int8_accelerated
@@ -209,13 +195,5 @@ def test_cpu_isa_from_cpuinfo_and_the_int8_warning() -> None:
     )
     assert any("no VNNI" in w for w in int8_warnings(zen3, fp32_ms=10.0, int8_ms=8.0))
     assert any("not faster" in w for w in int8_warnings(sapphire, fp32_ms=10.0, int8_ms=12.0))
-    assert int8_warnings(CpuIsa(model="x", avx2=True, vnni=True), 10.0, 5.0) == ()
-
-
-def test_a_class_stays_fp32_only_when_int8_is_clearly_slower() -> None:
-    from resnext_deploy.export.quantize import ClassSpeed
-
-    assert ClassSpeed("group=8 3x3", 3, fp32_ms=0.58, int8_ms=1.76).int8_slower
-    assert not ClassSpeed("group=1 3x3", 1, fp32_ms=0.08, int8_ms=0.10).int8_slower  # noise
-    assert not ClassSpeed("group=1 1x1", 36, fp32_ms=10.0, int8_ms=10.5).int8_slower  # within 10%
-    assert not ClassSpeed("group=1 1x1", 36, fp32_ms=3506.8, int8_ms=1850.1).int8_slower
+    vnni = CpuInfo(model="x", flags=frozenset({"avx2", "avx512_vnni"}))
+    assert int8_warnings(vnni, 10.0, 5.0) == ()

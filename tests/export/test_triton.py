@@ -11,15 +11,19 @@ import onnx
 import pytest
 
 from resnext_deploy.errors import ConfigError
-from resnext_deploy.export.triton import TritonConfig, write_repository
+from resnext_deploy.export.triton import TritonConfig, render_config, write_repository
 from resnext_deploy.runtime.providers import CudaOptions
 
 
 def _parse(path: Path):  # noqa: ANN202
+    return _parse_text(path.read_text())
+
+
+def _parse_text(text: str):  # noqa: ANN202
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2
 
-    return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
+    return text_format.Parse(text, model_config_pb2.ModelConfig())
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +90,41 @@ def test_cpu_repository_needs_only_the_onnxruntime_that_reads_the_file(
     config = _parse(model_dir / "config.pbtxt")
     assert not config.optimization.execution_accelerators.gpu_execution_accelerator
     assert "# Needs Triton 24.05 or later" in (model_dir / "config.pbtxt").read_text()
+
+
+def test_tensor_types_are_the_server_s_datatypes_with_triton_s_prefix(tmp_path: Path) -> None:
+    """Triton's config and the served model's metadata read one table: each element type comes
+    out as TYPE_<v2> in config.pbtxt and as <v2> from the onnxruntime type string."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+    from tritonclient.grpc import model_config_pb2
+
+    from resnext_deploy.serve.protocol import ORT_TO_V2
+
+    types = {"UINT8": TensorProto.UINT8, "FP16": TensorProto.FLOAT16, "FP64": TensorProto.DOUBLE}
+    names = {v2: f"t_{v2.lower()}" for v2 in types}
+    nodes = [helper.make_node("Identity", ["input"], [names["UINT8"]])]
+    nodes += [
+        helper.make_node("Cast", ["input"], [names[v2]], to=types[v2]) for v2 in ("FP16", "FP64")
+    ]
+    outputs = [helper.make_tensor_value_info(names[v2], t, ["batch", 2]) for v2, t in types.items()]
+    graph = helper.make_graph(
+        nodes,
+        "types",
+        [helper.make_tensor_value_info("input", TensorProto.UINT8, ["batch", 2])],
+        outputs,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9)
+    path = tmp_path / "model.onnx"
+    onnx.save(model, str(path))
+    config = _parse_text(render_config("types", path, TritonConfig()))
+    got = {
+        t.name: model_config_pb2.DataType.Name(t.data_type) for t in [*config.input, *config.output]
+    }
+    assert got == {"input": "TYPE_UINT8"} | {names[v2]: f"TYPE_{v2}" for v2 in types}
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    served = {t.name: ORT_TO_V2[t.type] for t in [*session.get_inputs(), *session.get_outputs()]}
+    assert served == {"input": "UINT8"} | {names[v2]: v2 for v2 in types}
 
 
 @pytest.mark.parametrize("name", ["../../escape", 'a"b', "a/b", "..", ".hidden", "a\\b", ""])

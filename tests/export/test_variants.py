@@ -19,7 +19,7 @@ from resnext_deploy.artifact import ONNX_FILE, Variant, open_artifact
 from resnext_deploy.errors import ArtifactError, ConfigError, ExportError
 from resnext_deploy.export.calibration import CalibrationConfig
 from resnext_deploy.export.pipeline import ExportConfig, export_checkpoint
-from resnext_deploy.export.variants import Precision, parse_precisions
+from resnext_deploy.export.variants import Precision
 from resnext_deploy.models.checkpoint import LoadOptions
 from resnext_deploy.predict import Classifier
 from resnext_deploy.preprocess import resize_and_crop
@@ -54,17 +54,9 @@ def variants(digits_run, tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN
 
 
 @pytest.fixture(scope="module")
-def colour_export(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny model exported with its preprocessing graph. Its ImageNet mean and std differ per
-    channel (the digits model's do not), so channel-order mistakes show on colour photos."""
-    out = tmp_path_factory.mktemp("colour") / "tiny"
-    names = tuple(f"c{i}" for i in range(7))
-    export_checkpoint(
-        tiny_checkpoint,
-        LoadOptions(arch=TINY, class_names=names),
-        ExportConfig(out_dir=out, embed_preprocess=True),
-    )
-    return out
+def colour_export(tiny_preprocess_export: Path) -> Path:
+    """The tiny model with its preprocessing graph (see tests/conftest.py: colour photos)."""
+    return tiny_preprocess_export
 
 
 def _plain_session(path: Path) -> ort.InferenceSession:
@@ -328,11 +320,17 @@ def test_fp16_refuses_a_model_that_overflows(digits_run, tmp_path: Path) -> None
     assert not (tmp_path / "x").exists()
 
 
-def test_parse_precisions() -> None:
-    assert parse_precisions("int8") == (Precision.FP32, Precision.INT8)
-    assert parse_precisions("fp16, fp32") == (Precision.FP32, Precision.FP16)
-    with pytest.raises(ConfigError, match="bf16"):
-        parse_precisions("bf16")
+def test_export_config_always_writes_fp32_first() -> None:
+    assert ExportConfig(precisions=(Precision.INT8,)).precisions == (
+        Precision.FP32,
+        Precision.INT8,
+    )
+    assert ExportConfig(precisions=(Precision.INT8, Precision.FP16, Precision.FP32)).precisions == (
+        Precision.FP32,
+        Precision.FP16,
+        Precision.INT8,
+    )
+    assert ExportConfig(precisions=()).precisions == (Precision.FP32,)
 
 
 # --- Triton ---------------------------------------------------------------------------------

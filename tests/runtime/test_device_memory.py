@@ -1,5 +1,5 @@
 """Device-memory figures say what they cover: this process when NVML lists it, the whole device
-otherwise; CUDA device numbers are mapped through CUDA_VISIBLE_DEVICES."""
+otherwise (the CUDA device numbering: tests/machine/test_gpu.py)."""
 
 from __future__ import annotations
 
@@ -13,12 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from resnext_deploy.runtime import device_memory
-from resnext_deploy.runtime.device_memory import (
-    MemoryScope,
-    physical_index,
-    process_device_memory,
-)
+from resnext_deploy.machine import gpu
+from resnext_deploy.runtime.device_memory import MemoryScope, process_device_memory
 
 MIB = 2**20
 ROOT = Path(__file__).resolve().parents[2]
@@ -43,7 +39,7 @@ def fake_pynvml(processes: list[Proc], used: int, seen: list[object]) -> types.M
 
 @pytest.fixture
 def no_smi(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(device_memory, "_smi_usage", lambda index: None)
+    monkeypatch.setattr(gpu, "_smi_usage", lambda index: None)
 
 
 def test_this_process_is_measured_when_nvml_lists_it(
@@ -76,22 +72,13 @@ def test_no_nvml_and_no_nvidia_smi_means_no_figure(
     assert process_device_memory(0) is None
 
 
-def test_cuda_device_numbers_follow_cuda_visible_devices(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
-    assert physical_index(1) == 3
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-1234abcd")
-    assert physical_index(0) == "GPU-1234abcd"
-    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
-    assert physical_index(1) == 1
-
-
 def test_nvidia_smi_is_the_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "pynvml", None)
     answers = {
         "--query-gpu=memory.used": ["7000"],
         "--query-compute-apps=pid,used_memory": ["111, 900", "444, [N/A]"],
     }
-    monkeypatch.setattr(device_memory, "_smi", lambda *args: answers[args[1]])
+    monkeypatch.setattr(gpu, "nvidia_smi", lambda *args: answers[args[1]])
     memory = process_device_memory(0, pid=111)
     assert memory is not None
     assert (memory.mb, memory.scope, memory.source) == (900.0, MemoryScope.PROCESS, "nvidia-smi")

@@ -353,7 +353,7 @@ def test_bench_on_cuda_binds_io_on_the_device(cuda_or_skip: None) -> None:
         measure_overhead=False,
         timing=Timing(warmup=1, min_iters=3, min_time_s=0.0),
     )
-    report = run_benchmark("resnext11_mini", config)
+    report = run_benchmark("resnext11_mini", config).report
     ort_rows = [m for m in report.results if m.backend == "onnxruntime-cuda"]
     assert ort_rows and all(m.status is Status.OK and m.end_to_end for m in ort_rows)
     described = next(b for b in report.backends if b["name"] == "onnxruntime-cuda")

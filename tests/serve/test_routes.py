@@ -168,31 +168,16 @@ def test_a_modified_export_is_refused_before_serving(tiny_export: Path, tmp_path
         ServedModel(ServeConfig(export_dir=tiny_export, variant=Variant.FP16))
 
 
-@pytest.fixture(scope="module")
-def preprocess_export(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from resnext_deploy.export.pipeline import ExportConfig, export_checkpoint
-    from resnext_deploy.models.checkpoint import LoadOptions
-
-    out = tmp_path_factory.mktemp("exports") / "tiny-preprocess"
-    names = tuple(f"c{i}" for i in range(7))
-    export_checkpoint(
-        tiny_checkpoint,
-        LoadOptions(arch="resnext14_8x4d", class_names=names),
-        ExportConfig(out_dir=out, embed_preprocess=True),
-    )
-    return out
-
-
 def test_the_preprocess_variant_takes_uint8_images_and_answers_as_predict(
-    preprocess_export: Path, samples: list[np.ndarray]
+    tiny_preprocess_export: Path, samples: list[np.ndarray]
 ) -> None:
-    model = ServedModel(ServeConfig(export_dir=preprocess_export, variant=Variant.PREPROCESS))
+    model = ServedModel(ServeConfig(export_dir=tiny_preprocess_export, variant=Variant.PREPROCESS))
     assert model.metadata()["inputs"] == [
         {"name": "image", "datatype": "UINT8", "shape": [-1, 64, 64, 3]}
     ]
     assert model.output_names == ("logits", "probabilities")
     api = CountingAPI(model)
-    classifier = Classifier(preprocess_export)  # fp32 graph, preprocessing in numpy
+    classifier = Classifier(tiny_preprocess_export)  # fp32 graph, preprocessing in numpy
     expected = classifier.classify(samples, ["china", "flower"], top_k=3)
     for rgb, want in zip(samples, expected, strict=True):
         png = _encoded(rgb, "PNG")

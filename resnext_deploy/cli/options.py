@@ -1,0 +1,231 @@
+"""Options several commands share, as ``Annotated`` aliases, and the parsers of list options.
+
+A command's signature reads ``out_dir: OutDir = ...``: the option's name, type and help are
+defined once here, so that ``--json``, ``--out``, ``--force``, ``--provider``, ``--threads`` and
+their siblings mean the same in every command.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from resnext_deploy.artifact import Precision, Variant
+from resnext_deploy.bench.backends import BenchBackend
+from resnext_deploy.errors import ConfigError
+from resnext_deploy.export.calibration import CalibrationMethod
+from resnext_deploy.runtime.providers import ConvAlgoSearch, Provider
+from resnext_deploy.spec import Layout
+
+# --- shared by several commands ----------------------------------------------------------------
+AsJson = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
+Force = Annotated[bool, typer.Option(help="Replace an existing output directory.")]
+ExportDir = Annotated[Path, typer.Argument(help="An export directory.")]
+Images = Annotated[list[Path] | None, typer.Option("--image", help="Image or folder (repeatable).")]
+BatchSizes = Annotated[str, typer.Option(help="Comma-separated batch sizes.")]
+Seed = Annotated[int, typer.Option(help="Random seed.")]
+VariantOpt = Annotated[Variant, typer.Option(help="Which ONNX file of the export.")]
+ModelName = Annotated[str | None, typer.Option(help="Model name \\[default: the arch].")]
+ProviderOpt = Annotated[Provider, typer.Option(help="onnxruntime provider.")]
+Threads = Annotated[int | None, typer.Option(min=1, help="CPU threads \\[default: all cores].")]
+AlgoSearch = Annotated[ConvAlgoSearch, typer.Option(help="cuDNN conv algo search.")]
+MaxBatchSize = Annotated[int, typer.Option(help="Most images per onnxruntime call.")]
+
+# --- export ------------------------------------------------------------------------------------
+Checkpoint = Annotated[Path, typer.Argument(help="State dict (.pth/.pt), any supported layout.")]
+Arch = Annotated[
+    str | None,
+    typer.Option(
+        help="Architecture name (see `models`); read from the checkpoint when it was saved by "
+        "`train`."
+    ),
+]
+ExportOut = Annotated[
+    Path | None, typer.Option("--out", help="Output directory \\[default: exported/<arch>].")
+]
+NumClasses = Annotated[
+    int | None,
+    typer.Option(min=1, help="Check the classifier has this many classes \\[default: inferred]."),
+]
+ClassNames = Annotated[str | None, typer.Option(help="Comma-separated names or @file.")]
+LayoutOpt = Annotated[
+    Layout | None,
+    typer.Option(help="Checkpoint layout \\[default: detected from the keys].", show_default=False),
+]
+InputSize = Annotated[int | None, typer.Option(min=1, help="Input side in pixels.")]
+Resize = Annotated[int | None, typer.Option(min=1, help="Shorter side before the centre crop.")]
+Mean = Annotated[str | None, typer.Option(help="Normalisation mean, e.g. 0.485,0.456,0.406")]
+Std = Annotated[str | None, typer.Option(help="Normalisation std, e.g. 0.229,0.224,0.225")]
+Opset = Annotated[int, typer.Option(help="ONNX opset (18 to the newest onnx knows).")]
+Precisions = Annotated[
+    list[Precision] | None,
+    typer.Option(
+        help="Variants to write besides fp32 (repeatable, e.g. --precision fp16 --precision "
+        "int8); fp32 is always written: the others derive from it.",
+        show_default=False,
+    ),
+]
+Calibration = Annotated[
+    str | None,
+    typer.Option(help="int8 calibration images: a folder, or 'digits' for a digits-trained model."),
+]
+Int8MinAgreement = Annotated[
+    float,
+    typer.Option(
+        help="int8 gate: top-1 agreement with fp32 on held-out images. The layers adding the "
+        "most quantization error stay fp32, as few as reach it; refused if none do."
+    ),
+]
+CalibrationMethodOpt = Annotated[
+    CalibrationMethod, typer.Option(help="How int8 activation ranges are calibrated.")
+]
+EmbedPreprocess = Annotated[
+    bool,
+    typer.Option(help="Also write a graph that takes uint8 NHWC images and returns probabilities."),
+]
+
+# --- verify ------------------------------------------------------------------------------------
+VerifyProviders = Annotated[
+    list[Provider] | None,
+    typer.Option(
+        "--provider",
+        help="onnxruntime provider that must run (repeatable) \\[default: cpu, plus cuda when "
+        "usable].",
+    ),
+]
+Localize = Annotated[
+    bool,
+    typer.Option(
+        help="Compare every ONNX variant layer by layer with eager and name the first module "
+        "beyond tolerance (done for failing backends anyway)."
+    ),
+]
+
+# --- bench -------------------------------------------------------------------------------------
+BenchProvider = Annotated[
+    Provider,
+    typer.Option(help="onnxruntime provider; torch backends run on the matching device."),
+]
+BenchModelArg = Annotated[
+    str,
+    typer.Argument(
+        help="Export directory, or a registered architecture (random weights unless --checkpoint)."
+    ),
+]
+Backends = Annotated[
+    list[BenchBackend] | None,
+    typer.Option(
+        "--backend",
+        help="Backend to measure (repeatable) \\[default: eager, torchscript, torchscript-opt, "
+        "onnxruntime].",
+        show_default=False,
+    ),
+]
+Peers = Annotated[
+    bool,
+    typer.Option(help="Add torch.compile and OpenVINO (f32 and default) to the default backends."),
+]
+BenchBatchSizes = Annotated[
+    str | None,
+    typer.Option(help="Comma-separated \\[default: 1,2,4,8,16 on CPU; 1..256 on GPU]."),
+]
+Weights = Annotated[Path | None, typer.Option(help="Weights for an architecture name.")]
+Warmup = Annotated[int, typer.Option(help="Warm-up calls per batch size.")]
+MinIters = Annotated[int, typer.Option(help="Minimum timed calls.")]
+MinTime = Annotated[float, typer.Option(help="Minimum seconds of timed calls.")]
+MaxTime = Annotated[float, typer.Option(help="Maximum seconds per batch size.")]
+Tune = Annotated[
+    bool,
+    typer.Option(
+        help="Sweep provider options one change at a time (CUDA's; on tensorrt, TensorRT's own) "
+        "and name the best per batch size."
+    ),
+]
+MaxWorkspace = Annotated[bool, typer.Option(help="cudnn_conv_use_max_workspace.")]
+PreferNhwc = Annotated[bool, typer.Option(help="prefer_nhwc (CUDA).")]
+Tf32 = Annotated[bool, typer.Option(help="use_tf32 (CUDA).")]
+CudaGraph = Annotated[bool, typer.Option(help="enable_cuda_graph (CUDA).")]
+TrtFp16 = Annotated[
+    bool, typer.Option(help="trt_fp16_enable (TensorRT: fp16 kernels where faster).")
+]
+ResultsOut = Annotated[Path, typer.Option("--out", help="Where result files go.")]
+ResultStem = Annotated[
+    str | None,
+    typer.Option("--name", help="Result file stem \\[default: <model>-<provider>-<time>]."),
+]
+Overhead = Annotated[bool, typer.Option(help="Measure harness overhead vs a bare loop.")]
+Profile = Annotated[
+    bool,
+    typer.Option(
+        help="Then profile each onnxruntime variant: time per op kind (convolutions by group and "
+        "kernel), top nodes, int8 vs fp32 per convolution class."
+    ),
+]
+
+
+# --- serve -------------------------------------------------------------------------------------
+Replicas = Annotated[int, typer.Option(help="Replicas, each with its own session.")]
+BatchWaitMs = Annotated[float, typer.Option(help="How long a replica waits for a batch to fill.")]
+Batching = Annotated[
+    bool, typer.Option(help="Dynamic batching; --no-batching runs each request alone.")
+]
+Host = Annotated[str, typer.Option(help="HTTP address to listen on.")]
+Port = Annotated[int, typer.Option(help="HTTP port.")]
+RayAddress = Annotated[
+    str | None,
+    typer.Option(help="Ray cluster to deploy to \\[default: $RAY_ADDRESS, else a local Ray]."),
+]
+CpusPerReplica = Annotated[float, typer.Option(help="Ray CPUs reserved per replica.")]
+GpusPerReplica = Annotated[
+    float, typer.Option(help="Ray GPUs per replica with --provider cuda (0.5: two per GPU).")
+]
+MaxBodyMb = Annotated[float, typer.Option(help="Largest request body accepted.")]
+MetricsPort = Annotated[
+    int | None, typer.Option(help="Prometheus metrics port of a local Ray \\[default: any].")
+]
+AccessLog = Annotated[
+    bool, typer.Option(help="Log every request (Ray Serve access log, proxy and replica).")
+]
+WriteConfig = Annotated[
+    Path | None,
+    typer.Option(help="Write a Serve config file (serve deploy / KubeRay) and exit."),
+]
+
+
+def parse_ints(text: str, what: str) -> tuple[int, ...]:
+    """``"1,2,8"`` -> (1, 2, 8); raises :class:`ConfigError` naming ``what`` otherwise."""
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise ConfigError(f"{what} must be comma-separated integers, got {text!r}") from None
+    if not values or any(v < 1 for v in values):
+        raise ConfigError(f"{what} must be positive integers, got {text!r}")
+    return values
+
+
+def parse_floats3(text: str | None, what: str) -> tuple[float, float, float] | None:
+    """``"0.5,0.5,0.5"`` -> three finite floats, ``None`` -> ``None``."""
+    if text is None:
+        return None
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3 or not all(math.isfinite(v) for v in values):
+        raise ConfigError(f"{what} needs three comma-separated finite numbers, got {text!r}")
+    return values  # type: ignore[return-value]
+
+
+def read_class_names(text: str | None) -> tuple[str, ...]:
+    """``a,b,c`` or ``@file`` with one name per line."""
+    if not text:
+        return ()
+    if text.startswith("@"):
+        path = Path(text[1:])
+        if not path.is_file():
+            raise ConfigError(f"class-names file not found: {path}")
+        return tuple(ln.strip() for ln in path.read_text().splitlines() if ln.strip())
+    return tuple(n.strip() for n in text.split(",") if n.strip())
