@@ -50,6 +50,7 @@ from resnext_deploy.runtime.torch_runners import EagerRunner, TorchScriptRunner
 from resnext_deploy.spec import ArchConfig, ModelSpec
 from resnext_deploy.timing import Timing
 from resnext_deploy.verify import VerifyConfig, verify_artifact
+from resnext_deploy.web.site import WebConfig, WebSite, write_site
 
 __all__ = [
     "ARCHS",
@@ -92,6 +93,8 @@ __all__ = [
     "TorchScriptRunner",
     "Variant",
     "VerifyConfig",
+    "WebConfig",
+    "WebSite",
     "build_model",
     "check_artifact",
     "create_session",
@@ -104,4 +107,5 @@ __all__ = [
     "read_checkpoint",
     "run_benchmark",
     "verify_artifact",
+    "write_site",
 ]

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from resnext_deploy.predict import Prediction
     from resnext_deploy.serve.run import ServeInfo
     from resnext_deploy.train import EpochStats, TrainResult
+    from resnext_deploy.web.site import WebSite
 
 
 def parity_table(report: ParityReport) -> Table:
@@ -596,3 +597,23 @@ def print_bench_run(out: Console, err: Console, run: BenchRun, tables: bool = Tr
             print_profile(out, run.profile)
     if run.profile_files:
         print_written(err, run.profile_files)
+
+
+def print_site(console: Console, site: WebSite) -> None:
+    """The variants a page could run with their download sizes, the chosen one marked, and how
+    to open the page."""
+    table = Table(title=f"{plain(str(site.out_dir))}: the page runs {site.variant.value}")
+    for col in ("variant", "model MB", ""):
+        table.add_column(col, justify="right" if col == "model MB" else "left")
+    for name, size in site.variant_bytes.items():
+        chosen = "[green]<- on the page[/]" if name == site.variant.value else ""
+        table.add_row(name, f"{size / 1e6:.1f}", chosen)
+    console.print(table)
+    console.print(
+        f"a visitor downloads {site.download_bytes / 1e6:.1f} MB (model, onnxruntime-web "
+        f"{site.ort_web_version}, page); model sha256 {site.model_sha256[:12]}\n"
+        f"open it with: python -m http.server --directory {plain(str(site.out_dir))} 8000, "
+        "then http://127.0.0.1:8000/",
+        highlight=False,
+        soft_wrap=True,
+    )

@@ -1,4 +1,4 @@
-"""Commands for serving and the machine: ``triton``, ``serve``, ``doctor``."""
+"""Commands for serving, embedding and the machine: ``triton``, ``serve``, ``web``, ``doctor``."""
 
 from __future__ import annotations
 
@@ -139,6 +139,44 @@ def serve(
     err.print("starting Ray and deploying the model ...")
     serve_model(config, lambda info: print_serving(err, info))
     err.print("stopped")
+
+
+@app.command()
+@handles_errors
+def web(
+    export_dir: ExportDir,
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder to write the site into.")] = Path(
+        "site"
+    ),
+    variant: Annotated[
+        Variant | None,
+        typer.Option(
+            help="ONNX file the page runs \\[default: preprocess when the export has it, else "
+            "fp32].",
+            show_default=False,
+        ),
+    ] = None,
+    ort_web: Annotated[
+        Path | None,
+        typer.Option(
+            help="Folder of the onnxruntime-web npm package \\[default: installed once by npm "
+            "into ~/.cache/resnext-deploy]."
+        ),
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Replace a site this command wrote.")] = False,
+    as_json: AsJson = False,
+) -> None:
+    """Write a static page that classifies images in the browser with onnxruntime-web."""
+    from resnext_deploy.render import print_site
+    from resnext_deploy.web.site import WebConfig, write_site
+
+    config = WebConfig(variant=variant, overwrite=force, ort_web=ort_web)
+    with err.status("writing the site ..."):
+        site = write_site(export_dir, out_dir, config)
+    if as_json:
+        emit_json(site.to_dict())
+    else:
+        print_site(out, site)
 
 
 @app.command()
