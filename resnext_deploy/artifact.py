@@ -332,9 +332,10 @@ class Artifact:
     def require(self, variant: Variant) -> Path:
         """The file of ``variant``; raises :class:`ArtifactError` if the export lacks it."""
         if not self.has(variant):
+            held = ", ".join(v.value for v in self.variants)
             raise ArtifactError(
-                f"{self.path} has no {variant.value} variant ({variant.file}); export the model "
-                f"again with that variant"
+                f"{self.path} has no {variant.value} variant (it has {held}); export the model "
+                "again with that variant"
             )
         return self.file(variant)
 

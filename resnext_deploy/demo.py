@@ -206,14 +206,13 @@ def _benchmark_backends(demo: _Demo, out_dir: Path) -> dict[str, Path]:
     """Step 4: every backend, fp16 and int8 included, at the demo's batch sizes. Returns the
     report files written, by format."""
     from resnext_deploy.bench.backends import DEFAULT_BACKENDS, BenchBackend
-    from resnext_deploy.bench.files import write_reports
     from resnext_deploy.bench.run import BenchConfig, run_benchmark
     from resnext_deploy.render import print_bench
     from resnext_deploy.timing import Timing
 
     demo.step(4, "Benchmark every backend across batch sizes on this CPU")
     with demo.err.status("benchmarking ..."):
-        report = run_benchmark(
+        run = run_benchmark(
             str(out_dir),
             BenchConfig(
                 backends=(
@@ -224,12 +223,13 @@ def _benchmark_backends(demo: _Demo, out_dir: Path) -> dict[str, Path]:
                 batch_sizes=demo.config.bench_batch_sizes,
                 measure_overhead=False,
                 timing=Timing(warmup=3, min_iters=20, min_time_s=0.5),
+                out_dir=demo.config.run_dir / "bench",
+                name="demo-cpu",
                 command="resnext-deploy demo",
             ),
-        ).report
-    files = write_reports(report, demo.config.run_dir / "bench", "demo-cpu")
-    print_bench(demo.console, report)
-    return files
+        )
+    print_bench(demo.console, run.report)
+    return run.files
 
 
 def _classify_samples(demo: _Demo, classifier: Classifier) -> None:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from resnext_deploy.artifact import Precision, Variant
+from resnext_deploy.artifact import WEIGHTS_FILE, Artifact, Precision, Variant, open_artifact
 from resnext_deploy.errors import ConfigError
 from resnext_deploy.spec import ModelSpec
 
@@ -20,20 +20,24 @@ Progress = Callable[[str], None]
 
 @dataclass(frozen=True)
 class BenchModel:
-    """The eager model, its spec and the export folder its files are in."""
+    """The eager model, its spec and the export its files are in."""
 
     name: str  # as the user gave it: an export folder or an architecture name
     eager: Any  # torch.nn.Module in eval mode
-    spec: ModelSpec
-    export_dir: Path
+    artifact: Artifact
+
+    @property
+    def spec(self) -> ModelSpec:
+        return self.artifact.spec
+
+    @property
+    def export_dir(self) -> Path:
+        return self.artifact.path
 
     def files(self, variants: tuple[Variant, ...]) -> dict[Variant, Path]:
         """The ONNX file of each variant; raises :class:`ArtifactError` for one the export has
         not."""
-        from resnext_deploy.artifact import open_artifact
-
-        artifact = open_artifact(self.export_dir, check_hashes=False)  # checked when resolved
-        return {v: artifact.require(v) for v in variants}
+        return {v: self.artifact.require(v) for v in variants}
 
 
 @contextmanager
@@ -67,7 +71,6 @@ def precisions_for(variants: tuple[Variant, ...]) -> tuple[Precision, ...]:
 
 
 def _opened(folder: str) -> BenchModel:
-    from resnext_deploy.artifact import WEIGHTS_FILE, open_artifact
     from resnext_deploy.models.checkpoint import read_checkpoint
     from resnext_deploy.models.registry import build_model
 
@@ -75,7 +78,7 @@ def _opened(folder: str) -> BenchModel:
     spec = artifact.spec
     eager = build_model(spec.architecture(), spec.num_classes)
     eager.load_state_dict(read_checkpoint(artifact.file(WEIGHTS_FILE)).state_dict)
-    return BenchModel(folder, eager.eval(), spec, artifact.path)
+    return BenchModel(folder, eager.eval(), artifact)
 
 
 def _exported(
@@ -93,7 +96,7 @@ def _exported(
         progress(f"exporting {name} (random weights)" if checkpoint is None else "exporting")
     verify = VerifyConfig(batch_sizes=(1, 2), auto_cuda=False)
     export_model(eager, spec, ExportConfig(out_dir=out_dir, verify=verify, precisions=precisions))
-    return BenchModel(name, eager, spec, out_dir)
+    return BenchModel(name, eager, open_artifact(out_dir, check_hashes=False))  # just written
 
 
 def _built(name: str, checkpoint: Path | None) -> tuple[Any, ModelSpec]:

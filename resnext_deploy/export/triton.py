@@ -229,11 +229,7 @@ def write_repository(
     """
     artifact = open_artifact(export_dir)
     variant = Variant(config.variant)
-    if not artifact.has(variant):
-        raise ArtifactError(
-            f"{export_dir} has no {variant.value} variant ({variant.file}); export it "
-            "with that variant first"
-        )
+    artifact.require(variant)
     name = config.model_name or model_name_for(artifact.spec.arch, NAME_KIND)
     with atomic_directory(
         out_dir,

@@ -12,7 +12,7 @@ from typing import Any
 
 from resnext_deploy.artifact import PROBABILITIES_NAME, Artifact, Variant, open_artifact
 from resnext_deploy.errors import ArtifactError
-from resnext_deploy.export.atomic import atomic_directory
+from resnext_deploy.export.atomic import atomic_directory, check_destination
 from resnext_deploy.web.ortweb import SCRIPT, WASM_BINARY, WASM_LOADER, OrtWeb, find_ort_web
 
 STATIC = Path(__file__).parent / "static"
@@ -20,6 +20,7 @@ SITE_FORMAT = 1
 MODEL_FILE = "model.onnx"
 META_FILE = "model.json"
 ORT_FOLDER = "ort"
+SITE = "web site"  # what --force may replace, in messages
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -67,14 +68,15 @@ def write_site(export_dir: Path, out_dir: Path, config: WebConfig = WebConfig())
     found or installed, or ``out_dir`` is taken (``--force`` replaces an earlier site only)."""
     artifact = open_artifact(export_dir)
     variant = choose_variant(artifact, config.variant)
-    ort = find_ort_web(config.ort_web)  # before anything is written
-    with atomic_directory(
-        out_dir, overwrite=config.overwrite, replaceable=is_site, what="web site"
-    ) as stage:
+    force = config.overwrite
+    # before npm may spend minutes installing; atomic_directory checks again when it claims
+    check_destination(out_dir, overwrite=force, replaceable=is_site, what=SITE)
+    ort = find_ort_web(config.ort_web)
+    with atomic_directory(out_dir, overwrite=force, replaceable=is_site, what=SITE) as stage:
         _copy_page(stage)
         _copy_model(artifact, variant, stage / MODEL_FILE)
+        (stage / ORT_FOLDER).mkdir()
         for name, source in ort.files().items():
-            (stage / ORT_FOLDER).mkdir(exist_ok=True)
             shutil.copyfile(source, stage / ORT_FOLDER / name)
         meta = site_metadata(artifact, variant, ort)
         (stage / META_FILE).write_text(json.dumps(meta, indent=1) + "\n")
@@ -92,15 +94,9 @@ def write_site(export_dir: Path, out_dir: Path, config: WebConfig = WebConfig())
 def choose_variant(artifact: Artifact, requested: Variant | None) -> Variant:
     """``requested``, or the preprocessing graph (the page then feeds RGB bytes straight in),
     else fp32. Raises :class:`ArtifactError` naming the variants the export has."""
-    held = artifact.variants
     if requested is None:
-        return Variant.PREPROCESS if Variant.PREPROCESS in held else Variant.FP32
-    if requested not in held:
-        names = ", ".join(v.value for v in held)
-        raise ArtifactError(
-            f"{artifact.path} has no {requested.value} variant (it has {names}); export it "
-            "with that variant first"
-        )
+        return Variant.PREPROCESS if artifact.has(Variant.PREPROCESS) else Variant.FP32
+    artifact.require(requested)
     return requested
 
 

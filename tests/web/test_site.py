@@ -14,6 +14,7 @@ from resnext_deploy.artifact import Manifest, Variant
 from resnext_deploy.cli import app
 from resnext_deploy.errors import ArtifactError, ConfigError
 from resnext_deploy.web import ortweb
+from resnext_deploy.web import site as site_module
 from resnext_deploy.web.site import STATIC, WebConfig, write_site
 
 runner = CliRunner()
@@ -111,6 +112,20 @@ def test_a_users_folder_is_never_replaced_an_earlier_site_only_with_force(
         write_site(tiny_export, site, WebConfig(ort_web=fake_ort_web))
     write_site(tiny_export, site, WebConfig(ort_web=fake_ort_web, overwrite=True))
     assert (site / "model.json").is_file()
+
+
+def test_a_taken_folder_is_refused_before_npm_is_asked(
+    tiny_export: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    def no_npm(folder: Path | None = None) -> None:
+        raise AssertionError("onnxruntime-web was looked for before the folder was checked")
+
+    monkeypatch.setattr(site_module, "find_ort_web", no_npm)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    with pytest.raises(ConfigError, match="already exists"):
+        write_site(tiny_export, mine)
 
 
 def test_onnxruntime_web_of_another_version_is_refused(fake_ort_web: Path) -> None:
