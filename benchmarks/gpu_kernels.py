@@ -74,8 +74,12 @@ def profile_call(run: Any, sync: Any) -> dict[str, Any]:
         "kernels_per_call": sum(len(v) for v in kernels.values()) / RUNS,
         "by_kind_ms": dict(sorted(by_kind.items(), key=lambda kv: -kv[1])),
         "top": [
-            {"name": n[:160], "kind": kind(n), "ms_per_call": sum(t) / RUNS,
-             "calls_per_run": len(t) / RUNS}
+            {
+                "name": n[:160],
+                "kind": kind(n),
+                "ms_per_call": sum(t) / RUNS,
+                "calls_per_run": len(t) / RUNS,
+            }
             for n, t in top
         ],
     }
@@ -103,11 +107,17 @@ def main() -> None:
     batch = np.random.default_rng(0).standard_normal(
         (args.batch_size, 3, size, size), dtype=np.float32
     )
-    found: dict[str, Any] = {"export": str(args.export), "batch_size": args.batch_size,
-                             "gpu": torch.cuda.get_device_name(0), "runs": RUNS}
+    found: dict[str, Any] = {
+        "export": str(args.export),
+        "batch_size": args.batch_size,
+        "gpu": torch.cuda.get_device_name(0),
+        "runs": RUNS,
+    }
     config = SessionConfig(provider=Provider.CUDA, cuda=CudaOptions(prefer_nhwc=True))
-    for label, file in (("onnxruntime-cuda-fp16 (prefer_nhwc)", Variant.FP16.file),
-                        ("onnxruntime-cuda (prefer_nhwc)", Variant.FP32.file)):
+    for label, file in (
+        ("onnxruntime-cuda-fp16 (prefer_nhwc)", Variant.FP16.file),
+        ("onnxruntime-cuda (prefer_nhwc)", Variant.FP32.file),
+    ):
         with OrtRunner(artifact.file(file), config) as runner:
             bound = runner.bind(batch)
             found[label] = profile_call(bound.run, runner.sync)

@@ -36,23 +36,29 @@ def probe(path: str, device: str) -> dict[str, Any]:
     inp, out = meta.name, cpu.get_outputs()[0].name
     ref = cpu.run([out], {inp: x})[0]
     found: dict[str, Any] = {"model": path, "device": device, "input": [8, 3, size, size]}
-    tried = (CudaOptions(), CudaOptions(use_tf32=False, prefer_nhwc=True,
-                                        cudnn_conv_algo_search="HEURISTIC"))
+    tried = (
+        CudaOptions(),
+        CudaOptions(use_tf32=False, prefer_nhwc=True, cudnn_conv_algo_search="HEURISTIC"),
+    )
     for i, opts in enumerate(tried):
         s = create_session(path, SessionConfig(provider=prov, cuda=opts))
         effective = s.get_provider_options().get("CUDAExecutionProvider", {})
         asked = opts.to_ort()
         found[f"options_{i}"] = {
             "providers": s.get_providers(),
-            "stuck": all(str(effective.get(k)) == str(v) for k, v in asked.items()) if effective
+            "stuck": all(str(effective.get(k)) == str(v) for k, v in asked.items())
+            if effective
             else None,
             "effective": {k: effective.get(k) for k in asked},
         }
     so = SessionConfig(provider=prov).session_options()
     so.add_session_config_entry("session.record_ep_graph_assignment_info", "1")
     s = ort.InferenceSession(path, so, providers=SessionConfig(provider=prov).providers())
-    found["nodes_per_ep"] = dict(collections.Counter(
-        sg.ep_name for sg in s.get_provider_graph_assignment_info() for _ in sg.get_nodes()))
+    found["nodes_per_ep"] = dict(
+        collections.Counter(
+            sg.ep_name for sg in s.get_provider_graph_assignment_info() for _ in sg.get_nodes()
+        )
+    )
     b = s.io_binding()
     b.bind_ortvalue_input(inp, ort.OrtValue.ortvalue_from_numpy(x, device, 0))
     b.bind_output(out, device, 0)
@@ -62,9 +68,11 @@ def probe(path: str, device: str) -> dict[str, Any]:
     s.run_with_iobinding(b)
     b.synchronize_outputs()
     y = b.copy_outputs_to_cpu()[0]
-    found["iobinding"] = {"max_abs_diff_vs_cpu": float(np.abs(y - ref).max()),
-                          "max_abs_ref": float(np.abs(ref).max()),
-                          "same_output_buffer": p1 == b.get_outputs()[0].data_ptr()}
+    found["iobinding"] = {
+        "max_abs_diff_vs_cpu": float(np.abs(y - ref).max()),
+        "max_abs_ref": float(np.abs(ref).max()),
+        "same_output_buffer": p1 == b.get_outputs()[0].data_ptr(),
+    }
     if device == "cuda":
         found["cuda_graph"] = _graph(path, prov, x, inp, out, cpu)
     return found
@@ -83,8 +91,10 @@ def _graph(path: str, prov: Provider, x: np.ndarray, inp: str, out: str, cpu: An
     g.run_with_iobinding(gb)
     want = cpu.run([out], {inp: x2})[0]
     got = gb.copy_outputs_to_cpu()[0]
-    result: dict[str, Any] = {"replay_sees_new_input": bool(np.allclose(got, want, atol=1e-3)),
-                              "max_abs_diff": float(np.abs(got - want).max())}
+    result: dict[str, Any] = {
+        "replay_sees_new_input": bool(np.allclose(got, want, atol=1e-3)),
+        "max_abs_diff": float(np.abs(got - want).max()),
+    }
     try:
         r = g.run([out], {inp: x})
         result["plain_run"] = f"returned {type(r).__name__} of {len(r)}"

@@ -89,11 +89,14 @@ def main() -> None:
         for backend, by_batch in measured(bench).items():
             dtype = "fp32" if backend in ("onnxruntime-cuda", "torch-eager") else "fp16"
             result["measured"][backend] = {
-                b: {"images_per_s": ips,
+                b: {
+                    "images_per_s": ips,
                     "share_of_fp16_floor": ips / result["floor_images_per_s"]["fp16"][b],
-                    f"share_of_{dtype}_floor": ips / floor(elements, 2 if dtype == "fp16" else 4,
-                                                           b, bandwidth)}
-                for b, ips in by_batch.items() if b in (1, 8, 64, 256)
+                    f"share_of_{dtype}_floor": ips
+                    / floor(elements, 2 if dtype == "fp16" else 4, b, bandwidth),
+                }
+                for b, ips in by_batch.items()
+                if b in (1, 8, 64, 256)
             }
     text = json.dumps(result, indent=1)
     if args.out:

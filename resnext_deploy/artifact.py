@@ -24,6 +24,7 @@ from typing import Any
 from resnext_deploy.errors import ArtifactError, ConfigError
 from resnext_deploy.fileio import atomic_write_text, sha256_of
 from resnext_deploy.spec import ModelSpec
+from resnext_deploy.validate import load_json, regular_file
 
 MANIFEST_FILE = "manifest.json"
 WEIGHTS_FILE = "weights.pt"
@@ -219,18 +220,12 @@ class Manifest:
         """Parse and validate the shape of ``directory/manifest.json``; raises
         :class:`ArtifactError` saying what is wrong with it."""
         path = directory / MANIFEST_FILE
-        if not path.is_file():
+        if not path.exists():
             raise ArtifactError(
                 f"{directory} has no {MANIFEST_FILE}; is it a resnext-deploy export?"
             )
-        try:
-            data = json.loads(path.read_bytes().decode("utf-8"))
-        except UnicodeDecodeError:
-            raise ArtifactError(f"{path} is not UTF-8 text; the manifest is corrupt") from None
-        except json.JSONDecodeError as exc:
-            raise ArtifactError(
-                f"{path} is not valid JSON ({exc.msg}, line {exc.lineno})"
-            ) from None
+        # bounded in size, depth and integer length: a crafted manifest is an error, not a hang
+        data = load_json(path, "manifest", ArtifactError)
         if not isinstance(data, dict):
             raise ArtifactError(f"{path} must hold a JSON object")
         files, spec = data.get("files"), data.get("spec")
@@ -281,24 +276,30 @@ class Manifest:
                 "incomplete or was edited; re-export"
             )
         for name, entry in self.files.items():
-            path = directory / name
-            if not path.is_file():
-                raise ArtifactError(f"{path} is listed in the manifest but missing")
-            size = path.stat().st_size
-            if size != entry.bytes:
-                raise ArtifactError(
-                    f"{path} is {size} bytes, the manifest says {entry.bytes}: "
-                    "truncated or replaced; re-export it"
-                )
-            if hashes and sha256_of(path) != entry.sha256:
-                raise ArtifactError(
-                    f"{path} does not match its sha256 in the manifest: modified after export; "
-                    "re-export it"
-                )
+            check_file(directory / name, entry, hashes=hashes)
         return sorted(
             p.name
             for p in directory.iterdir()
             if p.name not in self.files and p.name != MANIFEST_FILE
+        )
+
+
+def check_file(path: Path, entry: FileEntry, *, hashes: bool = True) -> None:
+    """Raise :class:`ArtifactError` naming ``path`` unless it is a regular file of the size (and
+    with ``hashes``, the sha256) that its manifest ``entry`` records; a FIFO or a device in its
+    place is refused before anything reads it."""
+    if not path.exists():
+        raise ArtifactError(f"{path} is listed in the manifest but missing")
+    regular_file(path, "export file", ArtifactError)
+    size = path.stat().st_size
+    if size != entry.bytes:
+        raise ArtifactError(
+            f"{path} is {size} bytes, the manifest says {entry.bytes}: "
+            "truncated or replaced; re-export it"
+        )
+    if hashes and sha256_of(path) != entry.sha256:
+        raise ArtifactError(
+            f"{path} does not match its sha256 in the manifest: modified after export; re-export it"
         )
 
 
@@ -352,3 +353,31 @@ def open_artifact(directory: str | Path, *, check_hashes: bool = True) -> Artifa
     manifest = Manifest.read(directory)
     unlisted = manifest.check(directory, hashes=check_hashes)
     return Artifact(directory, manifest, tuple(unlisted))
+
+
+def open_model_file(path: str | Path, default: str = ONNX_FILE) -> tuple[Path, Artifact | None]:
+    """The model file a consumer given ``path`` loads, with the export it belongs to.
+
+    An export folder gives its ``default`` file; a file in a folder that holds a manifest is one
+    of that export's files. Either way the export is opened as every consumer opens it (every
+    file's size and sha256 checked, see :func:`open_artifact`). A file anywhere else, or a
+    folder without a manifest (its ``default`` file), stands alone (``None``): there is nothing
+    to check it against. Raises :class:`ArtifactError` for an export that does not check out,
+    or a file in it that its manifest does not list (only listed files are ever used).
+    """
+    path = Path(path)
+    if path.is_dir():
+        if not (path / MANIFEST_FILE).exists():
+            return path / default, None
+        return path / default, open_artifact(path)
+    # a link to an export's file is that export's file
+    for home, name in ((path.parent, path.name), (path.resolve().parent, path.resolve().name)):
+        if (home / MANIFEST_FILE).exists():
+            artifact = open_artifact(home)
+            if not artifact.has(name):
+                raise ArtifactError(
+                    f"{path} is not listed in {home / MANIFEST_FILE}, so it is not part of the "
+                    "export; pass a file the manifest lists, or the export folder"
+                )
+            return path, artifact
+    return path, None

@@ -76,12 +76,13 @@ def load_digits(input_size: int, val_fraction: float = 0.2, seed: int = 0) -> Da
 def split_indices(
     labels: np.ndarray, val_fraction: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded, stratified split: each class contributes ``val_fraction`` of its items to val."""
+    """Seeded, stratified split: each class contributes ``val_fraction`` of its items to val,
+    at least one, and keeps at least one for training (a class of one item trains only)."""
     rng = np.random.default_rng(seed)
     train, val = [], []
     for cls in np.unique(labels):
         idx = rng.permutation(np.flatnonzero(labels == cls))
-        n_val = max(1, round(len(idx) * val_fraction)) if len(idx) > 1 else 0
+        n_val = min(len(idx) - 1, max(1, round(len(idx) * val_fraction)))
         val.append(idx[:n_val])
         train.append(idx[n_val:])
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))

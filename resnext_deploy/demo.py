@@ -8,6 +8,8 @@ backends across batch sizes, and classify a few images with the torch-free predi
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -15,12 +17,25 @@ from typing import TYPE_CHECKING
 import numpy as np
 from rich.console import Console
 
-from resnext_deploy.errors import ParityError
+from resnext_deploy.errors import ConfigError, ParityError
+from resnext_deploy.fileio import check_writable_dir
+from resnext_deploy.terminal import styled
+from resnext_deploy.validate import check_int
 
 if TYPE_CHECKING:
     from resnext_deploy.data import Split
     from resnext_deploy.export.pipeline import ExportResult
     from resnext_deploy.predict import Classifier
+    from resnext_deploy.train import TrainConfig
+
+
+# What the demo writes in its run folder, each checked before step 1: the training run, the
+# held-out digits as PNG files, the benchmark report files.
+TRAIN_DIR, HELD_OUT_DIR, BENCH_DIR = "train", "held-out", "bench"
+_RUN_ENTRIES = (TRAIN_DIR, HELD_OUT_DIR, BENCH_DIR)
+BENCH_NAME = "demo-cpu"
+_HELD_OUT_IMAGE = re.compile(r"\d{3}_label\d+\.png")
+MAX_SAMPLES = 100
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -33,6 +48,30 @@ class DemoConfig:
     lr: float = 2e-3
     bench_batch_sizes: tuple[int, ...] = (1, 8, 32)
     samples: int = 6
+
+    def __post_init__(self) -> None:
+        from resnext_deploy.train import MAX_BATCH_SIZE
+
+        self.train_config()  # validates the architecture, epochs, input size and learning rate
+        check_int(self.samples, "samples", 1, MAX_SAMPLES)
+        if not self.bench_batch_sizes:
+            raise ConfigError("the demo needs at least one benchmark batch size")
+        for size in self.bench_batch_sizes:
+            check_int(size, "benchmark batch size", 1, MAX_BATCH_SIZE)
+
+    def train_config(self) -> TrainConfig:
+        """Step 1's training run, in ``run_dir/train``."""
+        from resnext_deploy.train import TrainConfig
+
+        return TrainConfig(
+            data="digits",
+            arch=self.arch,
+            out_dir=self.run_dir / TRAIN_DIR,
+            epochs=self.epochs,
+            input_size=self.input_size,
+            lr=self.lr,
+            overwrite=True,  # the demo's run folder is its own: a rerun replaces it
+        )
 
 
 @dataclass
@@ -56,10 +95,10 @@ class _Demo:
     @property
     def samples_dir(self) -> Path:
         """The held-out images, saved as PNG files: the predictor's input in step 5."""
-        return self.config.run_dir / "held-out"
+        return self.config.run_dir / HELD_OUT_DIR
 
     def step(self, n: int, text: str) -> None:
-        self.console.rule(f"[bold]{n}/5 {text}")
+        self.console.rule(styled(f"{n}/5 {text}", "bold"))
 
 
 @dataclass(frozen=True)
@@ -83,8 +122,10 @@ class _HeldOutAccuracy:
 
 
 def run_demo(config: DemoConfig, console: Console, err: Console) -> DemoResult:
-    """Run the five steps, narrated on ``console``. Raises :class:`ParityError` when the export
-    and PyTorch disagree on a held-out digit, and what each step raises."""
+    """Run the five steps, narrated on ``console``. Raises :class:`ConfigError` before any work
+    when :func:`check_outputs` refuses a folder, :class:`ParityError` when the export and
+    PyTorch disagree on a held-out digit, and what each step raises."""
+    check_outputs(config)
     demo = _Demo(config, console, err)
     trained = _train_on_digits(demo)
     exported = _export_every_precision(demo, trained.checkpoint)
@@ -97,12 +138,84 @@ def run_demo(config: DemoConfig, console: Console, err: Console) -> DemoResult:
     )
 
 
+def check_outputs(config: DemoConfig) -> None:
+    """Raise :class:`ConfigError` unless every folder the demo writes can take its files: the
+    run folder is new, empty or an earlier demo run (only :data:`TRAIN_DIR`, :data:`HELD_OUT_DIR`
+    and :data:`BENCH_DIR` in it), each of those holds only what the demo writes there, the
+    export folder is new, empty or an export (it is replaced), and the two folders lie apart.
+    Called before step 1, so a refusal costs no training and leaves nothing behind."""
+    from resnext_deploy.export.atomic import check_destination
+    from resnext_deploy.train import check_run_folder
+
+    run_dir, export_dir = config.run_dir, config.export_dir
+    check_destination(export_dir, overwrite=True)
+    _check_apart(run_dir, export_dir)
+    _check_run_dir(run_dir)
+    check_run_folder(run_dir / TRAIN_DIR, overwrite=True)
+    _check_own_files(run_dir / HELD_OUT_DIR, _HELD_OUT_IMAGE.fullmatch, "held-out digits")
+    _check_own_files(run_dir / BENCH_DIR, _is_bench_report, "benchmark reports")
+    check_writable_dir(export_dir.parent, "export folder's parent")
+
+
+def _check_apart(run_dir: Path, export_dir: Path) -> None:
+    """The export replaces its whole folder, and the run folder takes only the demo's own
+    entries: neither may hold the other."""
+    run, export = run_dir.resolve(), export_dir.resolve()
+    if run == export or export in run.parents:
+        raise ConfigError(
+            f"export folder {export_dir} holds the run folder {run_dir}: replacing the export "
+            "would delete the run; give them separate folders"
+        )
+    if run in export.parents:
+        raise ConfigError(
+            f"export folder {export_dir} is inside the run folder {run_dir}, which holds only "
+            "the demo's own folders; give the export a folder of its own"
+        )
+
+
+def _check_run_dir(run_dir: Path) -> None:
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"run folder {run_dir} exists and is not a directory")
+    if not run_dir.is_dir():
+        return
+    foreign = sorted(p.name for p in run_dir.iterdir() if p.name not in _RUN_ENTRIES)
+    if foreign:
+        raise ConfigError(
+            f"run folder {run_dir} is not a demo run (it holds {_listed(foreign)}); the demo "
+            f"writes {', '.join(_RUN_ENTRIES)} there: choose a new or empty run folder"
+        )
+
+
+def _check_own_files(folder: Path, own: Callable[[str], object], what: str) -> None:
+    """``folder`` is absent, or a folder holding only files ``own`` recognises (an earlier
+    demo's, which a rerun replaces)."""
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"{folder} exists and is not a directory; the demo writes {what} there")
+    if not folder.is_dir():
+        return
+    foreign = sorted(p.name for p in folder.iterdir() if not (p.is_file() and own(p.name)))
+    if foreign:
+        raise ConfigError(
+            f"{folder} holds files the demo did not write ({_listed(foreign)}); refusing to "
+            f"write {what} into it: choose a new or empty run folder"
+        )
+
+
+def _is_bench_report(name: str) -> bool:
+    return name.startswith(f"{BENCH_NAME}.")
+
+
+def _listed(names: list[str], limit: int = 3) -> str:
+    shown = ", ".join(names[:limit])
+    return shown if len(names) <= limit else f"{shown} and {len(names) - limit} more"
+
+
 def _train_on_digits(demo: _Demo) -> _Trained:
     """Step 1, and the held-out split saved as images for the later steps."""
     from PIL import Image
 
     from resnext_deploy.render import RichTrainObserver
-    from resnext_deploy.train import TrainConfig, train
+    from resnext_deploy.train import train
 
     config = demo.config
     demo.step(
@@ -110,17 +223,8 @@ def _train_on_digits(demo: _Demo) -> _Trained:
         f"Train {config.arch} on the digits (scikit-learn's 1,797 real 8x8 scans, "
         f"upscaled to {config.input_size}px; seeded 80/20 split)",
     )
-    train_cfg = TrainConfig(
-        data="digits",
-        arch=config.arch,
-        out_dir=config.run_dir / "train",
-        epochs=config.epochs,
-        input_size=config.input_size,
-        lr=config.lr,
-        overwrite=True,  # the demo's run folder is its own: a rerun replaces it
-    )
     with RichTrainObserver(demo.err) as observer:
-        trained = train(train_cfg, observer)
+        trained = train(config.train_config(), observer)
     val = trained.val_images
     assert val is not None  # train() always returns its validation split
     demo.console.print(
@@ -223,8 +327,8 @@ def _benchmark_backends(demo: _Demo, out_dir: Path) -> dict[str, Path]:
                 batch_sizes=demo.config.bench_batch_sizes,
                 measure_overhead=False,
                 timing=Timing(warmup=3, min_iters=20, min_time_s=0.5),
-                out_dir=demo.config.run_dir / "bench",
-                name="demo-cpu",
+                out_dir=demo.config.run_dir / BENCH_DIR,
+                name=BENCH_NAME,
                 command="resnext-deploy demo",
             ),
         )
@@ -245,9 +349,9 @@ def _classify_samples(demo: _Demo, classifier: Classifier) -> None:
 def _print_where_everything_is(demo: _Demo, out: Path, files: dict[str, Path]) -> None:
     """The files the demo left, what its numbers mean, and the commands to try next."""
     samples_dir = demo.samples_dir
-    demo.console.rule("[bold]Where everything is")
+    demo.console.rule(styled("Where everything is", "bold"))
     demo.console.print(
-        f"checkpoint + curves  {demo.config.run_dir / 'train'}\n"
+        f"checkpoint + curves  {demo.config.run_dir / TRAIN_DIR}\n"
         f"export (verified)    {out}: model.onnx (+ .fp16 .int8 .preprocess), "
         "model.torchscript.pt, weights.pt, parity.json, manifest.json\n"
         f"held-out images      {samples_dir}\n"

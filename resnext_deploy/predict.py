@@ -12,12 +12,17 @@ from pathlib import Path
 
 import numpy as np
 
-from resnext_deploy.artifact import ONNX_FILE
-from resnext_deploy.errors import ArtifactError, DataError, DeployError, first_line
-from resnext_deploy.preprocess import list_images, load_image, preprocess
+from resnext_deploy.artifact import open_model_file
+from resnext_deploy.errors import ArtifactError, DataError, DeployError
+from resnext_deploy.preprocess import list_images, load_image, preprocess, resize_and_crop
 from resnext_deploy.runtime.ort import OrtRunner
 from resnext_deploy.runtime.providers import SessionConfig
-from resnext_deploy.spec import SPEC_KEY, ModelSpec
+from resnext_deploy.spec import ModelSpec
+from resnext_deploy.validate import check_int, regular_file
+
+MAX_TOP_K = 1000
+MAX_BATCH_SIZE = 1024
+UINT8_INPUT = "tensor(uint8)"  # the graph with the preprocessing inside takes RGB bytes
 
 
 @dataclass(frozen=True)
@@ -56,32 +61,26 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 class Classifier:
-    """An ONNX classifier with its spec; ``classify`` takes RGB uint8 images of any size."""
+    """An ONNX classifier with its spec; ``classify`` takes RGB uint8 images of any size.
+
+    ``model`` is an ONNX file or an export folder; a file of an export (the folder, or a file in
+    a folder holding a manifest) is checked against the manifest first (``artifact``). The graph
+    with the preprocessing inside (uint8 images in) is fed resized images; the others the
+    normalised batch.
+    """
 
     def __init__(self, model: str | Path, session: SessionConfig = SessionConfig()) -> None:
-        model = Path(model)
-        if model.is_dir():
-            model = model / ONNX_FILE
-        if not model.is_file():
-            raise ArtifactError(f"ONNX model not found: {model}")
-        if model.suffix.lower() != ".onnx" and _is_zip(model):
-            raise ArtifactError(
-                f"{model} is a PyTorch file, not an ONNX model; export it first and pass the "
-                "export directory or its model.onnx"
-            )
+        path, self.artifact = open_model_file(model)
+        _check_model_path(path)
+        self.path = path
+        self.runner = OrtRunner(path, session)
         try:
-            self.runner = OrtRunner(model, session)
+            self.spec = self.runner.embedded_spec(self.artifact.spec if self.artifact else None)
         except DeployError:
+            self.runner.close()
             raise
-        except Exception as exc:  # noqa: BLE001 - onnxruntime's load errors have no common type
-            raise ArtifactError(
-                f"{model} is not a readable ONNX model ({first_line(exc)})"
-            ) from None
-        meta = self.runner.session.get_modelmeta().custom_metadata_map
-        if SPEC_KEY not in meta:
-            raise ArtifactError(f"{model} carries no resnext-deploy spec in its metadata")
-        self.spec = ModelSpec.from_json(meta[SPEC_KEY])
         self.labels = self.spec.labels()
+        self.takes_images = self.runner.input_type == UINT8_INPUT
 
     def close(self) -> None:
         self.runner.close()
@@ -93,7 +92,17 @@ class Classifier:
         self.close()
 
     def probabilities(self, images: list[np.ndarray]) -> np.ndarray:
-        return softmax(self.runner.infer(preprocess(images, self.spec)).astype(np.float64))
+        if self.takes_images:
+            batch = np.stack([resize_and_crop(image, self.spec) for image in images])
+        else:
+            batch = preprocess(images, self.spec)
+        logits = self.runner.infer(batch)
+        if logits.shape != (len(images), len(self.labels)):
+            raise ArtifactError(
+                f"{self.path} returned logits of shape {logits.shape} for {len(images)} images; "
+                f"its spec has {len(self.labels)} classes: the model and its metadata disagree"
+            )
+        return softmax(logits.astype(np.float64))
 
     def classify(
         self, images: list[np.ndarray], names: list[str], top_k: int = 5
@@ -118,6 +127,19 @@ def top_predictions(
     ]
 
 
+def _check_model_path(path: Path) -> None:
+    """Refuse what onnxruntime cannot be handed: a missing file, a FIFO or a device (reading it
+    would block or never end), a PyTorch file."""
+    if not path.exists():
+        raise ArtifactError(f"ONNX model not found: {path}")
+    regular_file(path, "ONNX model", ArtifactError)
+    if path.suffix.lower() != ".onnx" and _is_zip(path):
+        raise ArtifactError(
+            f"{path} is a PyTorch file, not an ONNX model; export it first and pass the "
+            "export directory or its model.onnx"
+        )
+
+
 def _is_zip(path: Path) -> bool:
     """torch.save's files (and TorchScript archives) are zip archives; ONNX files never are."""
     import zipfile
@@ -128,24 +150,34 @@ def _is_zip(path: Path) -> bool:
 def predict_paths(
     classifier: Classifier, paths: list[Path], top_k: int = 5, batch_size: int = 16
 ) -> PredictResult:
-    """Classify every image under ``paths``; unreadable files are listed in ``failures``."""
+    """Classify every image under ``paths``; unreadable files are listed in ``failures``, and
+    so is a FIFO, socket or device found in a folder (reading it could block forever). Raises
+    :class:`DataError` for one named explicitly, as for any other option that cannot work, and
+    :class:`ConfigError` for a ``top_k`` or ``batch_size`` out of range."""
+    check_int(top_k, "top_k", 1, MAX_TOP_K)
+    check_int(batch_size, "the predict batch size", 1, MAX_BATCH_SIZE)
+    for path in paths:
+        if path.exists() and not path.is_dir():
+            regular_file(path, "image", DataError)
     files = list_images(paths)
     result = PredictResult()
     if not files:
         raise DataError(f"no images found in {', '.join(map(str, paths))}")
-    for batch in _batches(files, batch_size, result.failures):
+    for batch in _batches(files, batch_size, classifier.spec, result.failures):
         images, names = zip(*batch, strict=True)
         result.predictions += classifier.classify(list(images), list(names), top_k)
     return result
 
 
 def _batches(
-    files: list[Path], size: int, failures: list[str]
+    files: list[Path], size: int, spec: ModelSpec, failures: list[str]
 ) -> Iterator[list[tuple[np.ndarray, str]]]:
     batch: list[tuple[np.ndarray, str]] = []
     for f in files:
         try:
-            batch.append((load_image(f), str(f)))
+            if f.exists():  # a missing file is load_image's to report
+                regular_file(f, "image", DataError)
+            batch.append((load_image(f, spec), str(f)))
         except DataError as exc:
             failures.append(str(exc))
             continue

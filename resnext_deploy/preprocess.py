@@ -12,11 +12,22 @@ from resnext_deploy.spec import ModelSpec
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm"}
 
+# The resize to ``spec.resize`` on the short side scales the long side by the same factor, so a
+# thin strip of a few KB (1 x 2,000,000) would grow to gigabytes. Both sizes are bounded from the
+# header, before any pixel is decoded or resized; no photograph comes near: a 100-megapixel
+# panorama (40,000 x 2,500) at resize 256 becomes 4,096 x 256, and a 4:3 photo at the largest
+# resize (4,096) 5,461 x 4,096. The decoded pixel count is Pillow's decompression-bomb limit.
+MAX_IMAGE_SIDE = 65_535  # a decoded image's side (JPEG's own limit)
+MAX_RESIZED_SIDE = 65_535
+MAX_RESIZED_PIXELS = 32 << 20  # 33,554,432: about 130 MB as Pillow holds RGB
 
-def load_image(path: str | Path) -> np.ndarray:
+
+def load_image(path: str | Path, spec: ModelSpec | None = None) -> np.ndarray:
     """Read an image file as uint8 RGB ``H x W x 3`` (see :func:`to_rgb`). Raises
     :class:`DataError` naming the file, also for a decompression bomb: an image declaring more
-    pixels than Pillow's ``Image.MAX_IMAGE_PIXELS``, refused from its header before decoding."""
+    pixels than Pillow's ``Image.MAX_IMAGE_PIXELS``, or a side over ``MAX_IMAGE_SIDE``, refused
+    from its header before decoding; with ``spec``, also for an image whose resize to
+    ``spec.resize`` would be too large (:func:`check_image_size`)."""
     import warnings
 
     from PIL import Image, UnidentifiedImageError
@@ -27,7 +38,10 @@ def load_image(path: str | Path) -> np.ndarray:
             # Pillow only warns up to twice its limit (and raises beyond): refuse both alike.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as img:
+                check_image_size(img.width, img.height, spec)
                 return to_rgb(img)
+    except DataError as exc:
+        raise DataError(f"{path}: {exc}") from None
     except FileNotFoundError:
         raise DataError(f"{path}: no such file") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -50,6 +64,29 @@ def to_rgb(img: Any) -> np.ndarray:
         grey = (np.clip(values, 0, 65535) >> 8).astype(np.uint8)
         return np.repeat(grey[..., None], 3, axis=-1)
     return np.asarray(img.convert("RGB"), dtype=np.uint8)
+
+
+def check_image_size(width: int, height: int, spec: ModelSpec | None = None) -> tuple[int, int]:
+    """The size a ``width x height`` image has after the resize of ``spec`` (its own size
+    without a spec). Cheap: call it with the header's size, before decoding. Raises
+    :class:`DataError` for a side over ``MAX_IMAGE_SIDE`` or a resized image over
+    ``MAX_RESIZED_SIDE`` per side or ``MAX_RESIZED_PIXELS`` in all, saying the bound."""
+    if width < 1 or height < 1:
+        raise DataError(f"image is {width}x{height} pixels: empty")
+    if max(width, height) > MAX_IMAGE_SIDE:
+        raise DataError(
+            f"image is {width}x{height} pixels; at most {MAX_IMAGE_SIDE:,} pixels per side"
+        )
+    if spec is None:
+        return width, height
+    new_width, new_height = resized_size(width, height, spec.resize)
+    if max(new_width, new_height) > MAX_RESIZED_SIDE or new_width * new_height > MAX_RESIZED_PIXELS:
+        raise DataError(
+            f"image is {width}x{height} pixels: resized to {spec.resize} on its short side it "
+            f"would be {new_width}x{new_height}; at most {MAX_RESIZED_SIDE:,} pixels per side "
+            f"and {MAX_RESIZED_PIXELS:,} pixels in all (crop the image closer to its subject)"
+        )
+    return new_width, new_height
 
 
 def resized_size(width: int, height: int, size: int) -> tuple[int, int]:
@@ -79,11 +116,12 @@ def center_crop(image: np.ndarray, size: int) -> np.ndarray:
 def resize_and_crop(rgb: np.ndarray, spec: ModelSpec) -> np.ndarray:
     """torchvision's ``Resize(spec.resize)`` + ``CenterCrop(spec.input_size)`` on a PIL image,
     pixel for pixel: Pillow's bilinear resize (which always antialiases when shrinking), the
-    same output size and the same crop offsets. Returns uint8 ``input_size x input_size x 3``."""
+    same output size and the same crop offsets. Returns uint8 ``input_size x input_size x 3``.
+    Raises :class:`DataError` before resizing an image :func:`check_image_size` refuses."""
     from PIL import Image
 
+    size = check_image_size(rgb.shape[1], rgb.shape[0], spec)
     img = Image.fromarray(rgb)
-    size = resized_size(img.width, img.height, spec.resize)
     if size != img.size:
         img = img.resize(size, Image.Resampling.BILINEAR)
     return center_crop(np.asarray(img, dtype=np.uint8), spec.input_size)

@@ -1,14 +1,19 @@
-"""Console rendering of result objects (the CLI's only formatting code)."""
+"""Console rendering of result objects (the CLI's only formatting code).
+
+It prints on the CLI's :class:`~resnext_deploy.terminal.SafeConsole`: a ``str`` shows as given (a
+name is never markup, its control characters are shown escaped), and colour comes only from
+:func:`~resnext_deploy.terminal.styled` parts.
+"""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Column, Table
 
 from resnext_deploy.bench.compare import Change
@@ -17,12 +22,12 @@ from resnext_deploy.doctor.report import DoctorReport
 from resnext_deploy.inspect_model import ModelInfo
 from resnext_deploy.parity import ParityReport
 from resnext_deploy.runtime.placement import Placement
-from resnext_deploy.terminal import plain
+from resnext_deploy.terminal import joined, plain, styled
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
-    from rich.progress import TaskID
+    from rich.progress import Progress, TaskID
 
     from resnext_deploy.artifact import Tolerance
     from resnext_deploy.bench.harness import Measurement
@@ -54,7 +59,9 @@ def parity_table(report: ParityReport) -> Table:
             f"{b.min_cosine:.6f}",
             f"{b.top1:.0%}",
             f"{b.top5:.0%}",
-            "[green]pass[/]" if b.passed else f"[red]FAIL[/] {'; '.join(b.failures)}",
+            styled("pass", "green")
+            if b.passed
+            else joined(styled("FAIL", "red"), " " + "; ".join(b.failures)),
         )
     return table
 
@@ -62,7 +69,9 @@ def parity_table(report: ParityReport) -> Table:
 def print_parity(console: Console, report: ParityReport) -> None:
     console.print(parity_table(report))
     for name, why in report.skipped.items():
-        console.print(f"[yellow]skipped[/] {name}: {escape(why)}", highlight=False, soft_wrap=True)
+        console.print(
+            styled("skipped", "yellow"), f"{name}: {why}", highlight=False, soft_wrap=True
+        )
     print_placements(console, report.placements)
     groups: dict[Tolerance, list[str]] = {}
     for b in report.backends:
@@ -82,7 +91,7 @@ def print_parity(console: Console, report: ParityReport) -> None:
             f"(reference top-2 margin <= {tol.tie_margin:g})",
             highlight=False,
         )
-    console.print("[green]PARITY OK[/]" if report.passed else "[red]PARITY FAILED[/]")
+    console.print(styled("PARITY OK", "green") if report.passed else styled("PARITY FAILED", "red"))
 
 
 def print_models(console: Console, infos: list[ArchInfo]) -> None:
@@ -120,8 +129,8 @@ def print_export(console: Console, result: ExportResult) -> None:
         console.print(f"int8: {int8_summary(result.int8)}", highlight=False)
         print_int8_choice(console, result.int8)
     console.print(
-        f"[green]exported[/] {result.spec.arch} ({result.spec.num_classes} classes) "
-        f"to {result.out_dir}"
+        styled("exported", "green"),
+        f"{result.spec.arch} ({result.spec.num_classes} classes) to {result.out_dir}",
     )
 
 
@@ -140,11 +149,8 @@ def int8_summary(q: Int8Result) -> str:
 
 
 def print_model_info(console: Console, info: ModelInfo) -> None:
-    console.print(
-        f"[bold]{info.path}[/] ({info.format}"
-        + (f", opset {info.opset}" if info.opset else "")
-        + ")"
-    )
+    opset = f", opset {info.opset}" if info.opset else ""
+    console.print(styled(info.path, "bold"), f"({info.format}{opset})")
     console.print(f"parameters: {info.parameters:,}")
     for label, tensors in (("inputs", info.inputs), ("outputs", info.outputs)):
         for t in tensors:
@@ -207,17 +213,8 @@ class RichTrainObserver:
     """A progress bar per epoch and one line of metrics when it ends (on stderr)."""
 
     def __init__(self, console: Console) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
-
         self.console = console
-        self.progress = Progress(
-            "[progress.description]{task.description}",
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=console,
-            transient=True,
-        )
+        self.progress = _progress_bar(console)
         self.task: TaskID | None = None
 
     def __enter__(self) -> RichTrainObserver:
@@ -246,7 +243,7 @@ class RichTrainObserver:
 
 def print_training(console: Console, result: TrainResult) -> None:
     for line in result.skipped:
-        console.print(f"[yellow]skipped[/] {escape(line)}", highlight=False, soft_wrap=True)
+        console.print(styled("skipped", "yellow"), line, highlight=False, soft_wrap=True)
     names = result.spec.labels()
     table = Table(title="Confusion matrix on the validation split (rows: true, columns: predicted)")
     table.add_column("")
@@ -272,10 +269,8 @@ def print_bench(console: Console, report: BenchReport) -> None:
     table, failed = _bench_table(report)
     console.print(table)
     for m in failed:
-        console.print(
-            f"[red]{m.backend} batch {m.batch_size}: {m.status.value}[/] {m.error}",
-            highlight=False,
-        )
+        failure = styled(f"{m.backend} batch {m.batch_size}: {m.status.value}", "red")
+        console.print(failure, m.error, highlight=False)
     _print_bench_findings(console, report)
     placed = [d for d in report.backends if "placement" in d]
     print_placements(console, {d["name"]: Placement.from_dict(d["placement"]) for d in placed})
@@ -300,7 +295,7 @@ def _bench_table(report: BenchReport) -> tuple[Table, list[Measurement]]:
         if s is None:
             failed.append(m)
             blanks = [""] * (len(cols) - 2)
-            table.add_row(m.backend, str(m.batch_size), f"[red]{m.status.value}[/]", *blanks)
+            table.add_row(m.backend, str(m.batch_size), styled(m.status.value, "red"), *blanks)
             continue
         speed = f"{m.speedup_vs_eager:.2f}" if m.speedup_vs_eager else ""
         e2e = [f"{m.end_to_end.p50_ms:.2f}" if m.end_to_end else ""] if has_e2e else []
@@ -326,11 +321,15 @@ def _print_bench_findings(console: Console, report: BenchReport) -> None:
             f"({o.overhead_pct:.3f}% of {o.bare_ms:.2f} ms)"
         )
     f = report.compute_floor
-    if f and f.floor_ms_per_image and f.efficiency_batch1:
+    if f and math.isfinite(f.floor_ms_per_image):
+        reached = (
+            f"best batch-1 path reaches {f.efficiency_batch1:.0%} of it"
+            if math.isfinite(f.efficiency_batch1)
+            else "no batch-1 row was measured"
+        )
         console.print(
             f"compute floor {f.floor_ms_per_image:.1f} ms/image "
-            f"({f.gflop_per_image:.2f} GFLOP at {f.peak_gflops:.0f} GFLOP/s peak); "
-            f"best batch-1 path reaches {f.efficiency_batch1:.0%} of it"
+            f"({f.gflop_per_image:.2f} GFLOP at {f.peak_gflops:.0f} GFLOP/s peak); {reached}"
         )
     for b, name in (report.tuning or {}).items():
         console.print(f"best provider configuration at batch {b}: {name}")
@@ -346,14 +345,14 @@ def _print_engines(console: Console, report: BenchReport) -> None:
                 how = "loaded from its cache" if build.get("from_cache") else "built"
                 size = f" (batch {engine['batch_size']})" if "batch_size" in engine else ""
                 console.print(
-                    f"{escape(d['name'])}{size}: engine {how} in {build['seconds']:.1f} s when "
+                    f"{d['name']}{size}: engine {how} in {build['seconds']:.1f} s when "
                     "the session was created (not part of the first-call times); cache: "
-                    + escape(build["cache_dir"]),
+                    + build["cache_dir"],
                     highlight=False,
                 )
     for backend, rows in report.engine_profiles().items():
         each = ", ".join(f"{b}: {p.min_batch}/{p.opt_batch}/{p.max_batch}" for b, p in rows.items())
-        console.print(f"{escape(backend)} engine profile per batch (min/opt/max) {each}")
+        console.print(f"{backend} engine profile per batch (min/opt/max) {each}")
 
 
 def placement_line(name: str, placement: Placement) -> str:
@@ -375,8 +374,8 @@ def placement_line(name: str, placement: Placement) -> str:
 def print_placements(console: Console, placements: dict[str, Placement]) -> None:
     """Where onnxruntime placed the nodes, one line per backend on a non-CPU provider."""
     for name, placement in placements.items():
-        mark = "placement" if placement.ok else "[red]placement[/]"
-        console.print(f"{mark} {escape(placement_line(name, placement))}", highlight=False)
+        mark = "placement" if placement.ok else styled("placement", "red")
+        console.print(mark, placement_line(name, placement), highlight=False)
 
 
 def print_doctor(console: Console, report: DoctorReport) -> None:
@@ -385,15 +384,17 @@ def print_doctor(console: Console, report: DoctorReport) -> None:
         table.add_column(col, no_wrap=col != "detail", overflow="fold")
     colours = {"PASS": "green", "FAIL": "red", "SKIP": "yellow"}
     for c in report.checks:
-        status = f"[{colours[c.status.value]}]{c.status.value}[/]"
-        table.add_row(c.section, c.name, status, escape(c.detail))
+        status = styled(c.status.value, colours[c.status.value])
+        table.add_row(c.section, c.name, status, c.detail)
     console.print(table)
     failed = report.failures
     if failed:
         names = ", ".join(f"{c.section}/{c.name}" for c in failed)
-        console.print(f"[red]{len(failed)} check(s) failed:[/] {escape(names)}", highlight=False)
+        console.print(styled(f"{len(failed)} check(s) failed:", "red"), names, highlight=False)
     else:
-        console.print(f"[green]all checks passed for the {report.provider.value} provider[/]")
+        console.print(
+            styled(f"all checks passed for the {report.provider.value} provider", "green")
+        )
 
 
 def print_comparison(console: Console, changes: list[Change], threshold: float) -> None:
@@ -409,11 +410,11 @@ def print_comparison(console: Console, changes: list[Change], threshold: float) 
             fmt(c.old_p50_ms),
             fmt(c.new_p50_ms),
             pct,
-            "[red]REGRESSION[/]" if c.regression else "",
+            styled("REGRESSION", "red") if c.regression else "",
         )
     console.print(table)
     n = sum(c.regression for c in changes)
-    console.print(f"[red]{n} regression(s)[/]" if n else "[green]no regressions[/]")
+    console.print(styled(f"{n} regression(s)", "red") if n else styled("no regressions", "green"))
 
 
 def _short(value: object, limit: int = 200) -> str:
@@ -426,7 +427,8 @@ def print_serving(console: Console, info: ServeInfo) -> None:
     where = f"Ray cluster {info.cluster}" if info.cluster else "a local Ray"
     batching = "dynamic batching" if info.batching else "no batching"
     console.print(
-        f"[green]serving[/] {info.model} on {where}: {info.replicas} replica(s), {batching}\n"
+        styled("serving", "green"),
+        f"{info.model} on {where}: {info.replicas} replica(s), {batching}\n"
         f"  health    {info.url}/v2/health/ready\n"
         f"  metadata  {info.url}/v2/models/{info.model}\n"
         f"  infer     {info.infer_url}   (Open Inference Protocol / tritonclient)\n"
@@ -449,7 +451,7 @@ def print_localization(
             table.add_column(col, justify="left" if col in ("layer", "op", "") else "right")
         first = loc.first_exceeding
         for layer in loc.layers[:rows] if rows else loc.layers:
-            mark = "[red]<- first[/]" if layer is first else ("[red]x[/]" if layer.exceeds else "")
+            mark = styled("<- first" if layer is first else "x" if layer.exceeds else "", "red")
             table.add_row(
                 layer.name,
                 layer.op,
@@ -465,7 +467,10 @@ def print_localization(
             console.print(f"{loc.backend}: every compared layer is within tolerance")
         else:
             console.print(
-                f"[red]{loc.backend}: first module beyond tolerance: [bold]{first.name}[/][/] "
+                joined(
+                    styled(f"{loc.backend}: first module beyond tolerance: ", "red"),
+                    styled(first.name, "bold red"),
+                ),
                 f"({first.op}, max rel {first.max_rel:.2g}, cosine {first.cosine:.6f})",
                 highlight=False,
             )
@@ -481,7 +486,7 @@ def print_localization(
         if worst:
             console.print(f"adds the most relative error: {worst}", highlight=False)
         for name, why in loc.missing.items():
-            console.print(f"[yellow]not compared[/] {name}: {why}", highlight=False)
+            console.print(styled("not compared", "yellow"), f"{name}: {why}", highlight=False)
 
 
 def print_profile(console: Console, report: ProfileReport) -> None:
@@ -521,7 +526,7 @@ def print_profile(console: Console, report: ProfileReport) -> None:
                 str(c.batch_size),
                 f"{c.fp32_ms:.2f}",
                 f"{c.int8_ms:.2f}",
-                speed if c.int8_speedup >= 1 else f"[red]{speed}[/]",
+                speed if c.int8_speedup >= 1 else styled(speed, "red"),
             )
         console.print(table)
 
@@ -537,7 +542,7 @@ def print_int8_choice(console: Console, q: Int8Result) -> None:
             highlight=False,
         )
     for note in q.warnings:
-        console.print(f"[yellow]warning[/] int8: {note}", highlight=False)
+        console.print(styled("warning", "yellow"), f"int8: {note}", highlight=False)
 
 
 def print_checked(console: Console, checked: CheckedArtifact) -> None:
@@ -550,19 +555,26 @@ def print_checked(console: Console, checked: CheckedArtifact) -> None:
 def print_failures(console: Console, failures: list[str]) -> None:
     """The files ``predict`` could not classify, one escaped line each, then their count."""
     for failure in failures:
-        console.print(f"[red]skipped[/] {plain(failure)}", highlight=False, soft_wrap=True)
+        console.print(styled("skipped", "red"), plain(failure), highlight=False, soft_wrap=True)
     if failures:
         console.print(f"{len(failures)} file(s) could not be classified")
+
+
+def _progress_bar(console: Console) -> Progress:
+    """A transient bar whose description is literal text (Rich's default column reads it as
+    markup); callers pass it through :func:`~resnext_deploy.terminal.plain`."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    description = TextColumn("{task.description}", style="progress.description", markup=False)
+    columns = (description, BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    return Progress(*columns, console=console, transient=True)
 
 
 @contextmanager
 def bench_progress(console: Console, total: int) -> Iterator[Callable[[str], None]]:
     """A progress bar for ``bench``: the callback names the step; a measurement
     (``"<backend> batch=<b>"``) advances it."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
-
-    columns = ("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn())
-    with Progress(*columns, TimeElapsedColumn(), console=console, transient=True) as bar:
+    with _progress_bar(console) as bar:
         task = bar.add_task("preparing", total=total)
 
         def progress(step: str) -> None:
@@ -573,18 +585,19 @@ def bench_progress(console: Console, total: int) -> Iterator[Callable[[str], Non
 
 def print_triton_repository(console: Console, model_dir: Path, repository: Path, gpu: bool) -> None:
     """The written ``config.pbtxt``, then how to serve the repository with Triton."""
-    console.print((model_dir / "config.pbtxt").read_text(), highlight=False, markup=False)
+    console.print((model_dir / "config.pbtxt").read_text(), highlight=False)
     console.print(
-        f"[green]wrote[/] {plain(str(model_dir))} - serve it with:\n"
+        styled("wrote", "green"),
+        f"{model_dir} - serve it with:\n"
         f"  docker run --rm {'--gpus all ' if gpu else ''}-p 8000:8000 -p 8001:8001 "
-        f"-v {plain(str(repository.resolve()))}:/models nvcr.io/nvidia/tritonserver:<yy.mm>-py3 "
+        f"-v {repository.resolve()}:/models nvcr.io/nvidia/tritonserver:<yy.mm>-py3 "
         "tritonserver --model-repository=/models",
         highlight=False,
     )
 
 
 def print_written(console: Console, paths: dict[str, Path]) -> None:
-    console.print("written: " + ", ".join(plain(str(p)) for p in paths.values()), highlight=False)
+    console.print("written: " + ", ".join(str(p) for p in paths.values()), highlight=False)
 
 
 def print_bench_run(out: Console, err: Console, run: BenchRun, tables: bool = True) -> None:
@@ -602,17 +615,17 @@ def print_bench_run(out: Console, err: Console, run: BenchRun, tables: bool = Tr
 def print_site(console: Console, site: WebSite) -> None:
     """The variants a page could run with their download sizes, the chosen one marked, and how
     to open the page."""
-    table = Table(title=f"{plain(str(site.out_dir))}: the page runs {site.variant.value}")
+    table = Table(title=f"{site.out_dir}: the page runs {site.variant.value}")
     for col in ("variant", "model MB", ""):
         table.add_column(col, justify="right" if col == "model MB" else "left")
     for name, size in site.variant_bytes.items():
-        chosen = "[green]<- on the page[/]" if name == site.variant.value else ""
+        chosen = styled("<- on the page", "green") if name == site.variant.value else ""
         table.add_row(name, f"{size / 1e6:.1f}", chosen)
     console.print(table)
     console.print(
         f"a visitor downloads {site.download_bytes / 1e6:.1f} MB (model, onnxruntime-web "
         f"{site.ort_web_version}, page); model sha256 {site.model_sha256[:12]}\n"
-        f"open it with: python -m http.server --directory {plain(str(site.out_dir))} 8000, "
+        f"open it with: python -m http.server --directory {site.out_dir} 8000, "
         "then http://127.0.0.1:8000/",
         highlight=False,
         soft_wrap=True,

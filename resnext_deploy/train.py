@@ -23,10 +23,23 @@ from resnext_deploy.fileio import atomic_write_bytes, check_writable_dir, save_f
 from resnext_deploy.models.registry import ARCHS, build_model
 from resnext_deploy.preprocess import normalize
 from resnext_deploy.spec import IMAGENET_MEAN, IMAGENET_STD, ArchConfig, ModelSpec, Optimizer
+from resnext_deploy.validate import check_float, check_int
 
 OPTIMIZERS = tuple(o.value for o in Optimizer)
 CHECKPOINT_FILE = "best.pth"
 CURVES_FILE = "curves.png"
+RUN_FILES = (CHECKPOINT_FILE, CURVES_FILE)
+
+
+# Bounds on what a run can finish on one machine: a seed numpy and torch both take, a batch that
+# fits in memory at a few hundred pixels, a side no ResNeXt is trained at beyond.
+MAX_SEED = 2**32 - 1
+MAX_EPOCHS = 10_000
+MAX_BATCH_SIZE = 4096
+MAX_INPUT_SIZE = 1024
+# Every class keeps at least one training image (see data.split_indices); past 0.9 the training
+# split is a handful of images per class.
+MAX_VAL_FRACTION = 0.9
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -48,14 +61,15 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"optimizer must be one of {', '.join(OPTIMIZERS)}")
-        if self.epochs < 1 or self.batch_size < 1 or not 0 < self.lr < math.inf:
-            raise ConfigError("epochs, batch size and learning rate must be positive")
-        if not 0 <= self.weight_decay < math.inf:
-            raise ConfigError(f"weight decay must be >= 0, got {self.weight_decay}")
-        if self.input_size is not None and self.input_size < 1:
-            raise ConfigError(f"input size must be >= 1 pixel, got {self.input_size}")
-        if not 0 < self.val_fraction < 1:
-            raise ConfigError("val_fraction must be between 0 and 1")
+        ARCHS.get(self.arch)  # an unknown name is refused listing the known ones
+        check_int(self.epochs, "epochs", 1, MAX_EPOCHS)
+        check_int(self.batch_size, "batch size", 1, MAX_BATCH_SIZE)
+        check_float(self.lr, "learning rate", 0.0, math.inf, low_open=True)
+        check_float(self.weight_decay, "weight decay", 0.0, math.inf)
+        check_int(self.seed, "seed", 0, MAX_SEED)
+        check_float(self.val_fraction, "val_fraction", 0.0, MAX_VAL_FRACTION, low_open=True)
+        if self.input_size is not None:
+            check_int(self.input_size, "input size", 1, MAX_INPUT_SIZE)
 
 
 @dataclass
@@ -101,18 +115,12 @@ class SilentObserver:
 def train(config: TrainConfig, observer: TrainObserver | None = None) -> TrainResult:
     """Train, validate every epoch, save the best epoch's checkpoint and the curves.
 
-    Refuses, before any work, a run folder that is not writable or already holds a trained model
-    (unless ``config.overwrite``): :class:`ConfigError`. Raises :class:`TrainingError`, saving
-    nothing, when the loss stops being finite.
+    Refuses, before any work, a run folder that :func:`check_run_folder` refuses:
+    :class:`ConfigError`. Raises :class:`TrainingError`, saving nothing, when the loss stops
+    being finite.
     """
-    checkpoint = config.out_dir / CHECKPOINT_FILE
-    if checkpoint.exists() and not config.overwrite:
-        raise ConfigError(
-            f"{config.out_dir} already holds a trained model ({CHECKPOINT_FILE}); choose a new "
-            "run folder, or allow replacing it (force)"
-        )
     created = not config.out_dir.exists()
-    check_writable_dir(config.out_dir, "run folder")
+    check_run_folder(config.out_dir, overwrite=config.overwrite)
     try:
         return _train(config, observer or SilentObserver())
     except BaseException:
@@ -120,6 +128,34 @@ def train(config: TrainConfig, observer: TrainObserver | None = None) -> TrainRe
             with contextlib.suppress(OSError):
                 config.out_dir.rmdir()  # only if empty: leave nothing behind for a failed run
         raise
+
+
+def check_run_folder(out_dir: Path, *, overwrite: bool = False) -> None:
+    """Raise :class:`ConfigError` unless ``out_dir`` can take a run's files (:data:`RUN_FILES`):
+    it is new or empty, or an earlier run (it holds a :data:`CHECKPOINT_FILE`) and
+    ``overwrite`` allows replacing that run's files. Any other folder holds the user's files,
+    which a run would overwrite (a ``curves.png``) or mix with its own: it is refused even with
+    ``overwrite``. Also refuses a folder files cannot be created in. Creates nothing."""
+    if out_dir.is_dir():
+        entries = sorted(p.name for p in out_dir.iterdir())
+        if (out_dir / CHECKPOINT_FILE).is_file():
+            if not overwrite:
+                raise ConfigError(
+                    f"{out_dir} already holds a trained model ({CHECKPOINT_FILE}); choose a new "
+                    "run folder, or allow replacing it (force)"
+                )
+        elif entries:
+            raise ConfigError(
+                f"{out_dir} is not a training run (it holds {_listed(entries)} and no "
+                f"{CHECKPOINT_FILE}); refusing to write {' and '.join(RUN_FILES)} into it: "
+                "choose a new or empty run folder"
+            )
+    check_writable_dir(out_dir, "run folder")
+
+
+def _listed(names: list[str], limit: int = 3) -> str:
+    shown = ", ".join(names[:limit])
+    return shown if len(names) <= limit else f"{shown} and {len(names) - limit} more"
 
 
 @dataclass(frozen=True)

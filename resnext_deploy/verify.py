@@ -19,7 +19,14 @@ from resnext_deploy.artifact import (
     Tolerance,
     Variant,
 )
-from resnext_deploy.errors import DataError, ParityError, ProviderUnavailableError, first_line
+from resnext_deploy.errors import (
+    ConfigError,
+    DataError,
+    DeployError,
+    ParityError,
+    ProviderUnavailableError,
+    first_line,
+)
 from resnext_deploy.parity import ParityInput, ParityReport, compare, random_inputs
 from resnext_deploy.preprocess import load_image, normalize, preprocess
 from resnext_deploy.runtime.base import Runner
@@ -30,8 +37,11 @@ from resnext_deploy.runtime.providers import (
     TensorRTOptions,
 )
 from resnext_deploy.spec import ModelSpec
+from resnext_deploy.validate import check_int
 
 DEFAULT_BATCH_SIZES = (1, 2, 3, 8)
+MAX_BATCH_SIZE = 1024  # a parity batch runs eager, TorchScript and onnxruntime at once
+MAX_SEED = 2**32 - 1  # numpy's seeds
 # TensorRT computes fp32 layers in TF32 (10 mantissa bits, as fp16 has) and onnxruntime has no
 # option to switch that off, so TensorRT's fp32 results are held to the fp16 tolerance.
 TF32_TOLERANCE = FP16_TOLERANCE
@@ -52,6 +62,13 @@ class VerifyConfig:
     auto_cuda: bool = True
     tolerance: Tolerance = FP32_TOLERANCE
 
+    def __post_init__(self) -> None:
+        if not self.batch_sizes:
+            raise ConfigError("give at least one batch size to verify with")
+        for size in self.batch_sizes:
+            check_int(size, "a verify batch size", 1, MAX_BATCH_SIZE)
+        check_int(self.seed, "the verify seed", 0, MAX_SEED)
+
 
 def parity_inputs(spec: ModelSpec, config: VerifyConfig) -> list[ParityInput]:
     """Seeded random batches plus, when given, the user's images through the real preprocessing."""
@@ -64,7 +81,8 @@ def parity_inputs(spec: ModelSpec, config: VerifyConfig) -> list[ParityInput]:
             raise DataError(f"no images found in {', '.join(map(str, config.images))}")
         inputs.append(
             ParityInput(
-                f"{len(files)} user images", preprocess([load_image(f) for f in files], spec)
+                f"{len(files)} user images",
+                preprocess([load_image(f, spec) for f in files], spec),
             )
         )
     return inputs
@@ -78,7 +96,9 @@ def compare_model_with_files(
     variants: tuple[Variant, ...] = (Variant.FP32,),
 ) -> ParityReport:
     """Compare the eager ``model`` with the TorchScript file and the ONNX ``variants`` in
-    ``directory`` (fp32 always; the others each with the tolerance that fits them)."""
+    ``directory`` (fp32 always; the others each with the tolerance that fits them). Raises
+    :class:`ArtifactError` for an ONNX file onnxruntime cannot load or whose embedded spec is
+    not ``spec``."""
     from resnext_deploy.runtime.ort import OrtRunner
     from resnext_deploy.runtime.torch_runners import EagerRunner, TorchScriptRunner
 
@@ -92,6 +112,9 @@ def compare_model_with_files(
         candidates += fp32.candidates
         for runner, tolerance in _variant_runners(directory, variants, fp32.started):
             candidates.append((stack.enter_context(runner), tolerance))
+        for runner, _ in candidates:
+            if isinstance(runner, OrtRunner):  # the labels and sizes every consumer relies on
+                runner.embedded_spec(spec)
         reference = stack.enter_context(EagerRunner(model))
         report = compare(reference, candidates, inputs)
         report.placements = {
@@ -153,6 +176,7 @@ def _compare_preprocess_graph(
     embedded = stack.enter_context(
         OrtRunner(directory / Variant.PREPROCESS.file, name="onnxruntime-cpu-preproc")
     )
+    embedded.embedded_spec(spec)
     return compare(
         NormalizingRunner(reference, spec),
         [(embedded, config.tolerance)],
@@ -187,7 +211,7 @@ def _variant_runners(
             name = f"onnxruntime-{provider.value}{variant.suffix}"
             try:
                 runner = OrtRunner(directory / variant.file, session, name=name)
-            except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own Fail types
+            except DeployError as exc:  # onnxruntime's own errors arrive as ArtifactError
                 # An unverifiable variant is not a verified one: refuse rather than skip.
                 raise ParityError(
                     f"the {variant.value} variant cannot run on onnxruntime's {provider.value} "

@@ -103,6 +103,25 @@ def test_a_wrong_io_bound_result_is_a_failure(monkeypatch: pytest.MonkeyPatch) -
     assert row.status is CheckStatus.FAIL and not report.passed
 
 
+def test_an_fp16_variant_off_by_five_percent_fails_its_row(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fp16 row holds the converted model to fp16's tolerance against the fp32 CPU
+    reference, so a conversion that is 5% off fails it (top-1 and cosine unchanged)."""
+    from resnext_deploy.export import variants
+    from tests.test_parity import scale_output
+
+    real_export = variants.export_fp16
+
+    def five_percent_off(src: Path, dst: Path) -> None:
+        real_export(src, dst)
+        scale_output(dst, 1.05)
+
+    monkeypatch.setattr(variants, "export_fp16", five_percent_off)
+    report = run_doctor(Provider.CPU)
+    row = next(c for c in report.checks if c.name == "fp16 variant")
+    assert row.status is CheckStatus.FAIL and not report.passed
+    assert 0.04 < row.data["max_rel"] < 0.06 and "> 0.01" in row.detail
+
+
 def test_the_tiny_model_is_a_resnext() -> None:
     model = onnx.load_model_from_string(tiny_resnext_onnx())
     convs = [n for n in model.graph.node if n.op_type == "Conv"]

@@ -17,10 +17,26 @@ SCRIPT = ROOT / "benchmarks" / "gpu_proof.sh"
 def run_proof(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     env = os.environ | {"PYTHON": sys.executable}
     return subprocess.run(
-        ["bash", str(SCRIPT), "--provider", "cpu", "--arch", "resnext14_8x4d",
-         "--batch-sizes", "1,2", "--out", str(tmp_path / "proof"),
-         "--archive", str(tmp_path / "proof.tgz"), *extra],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+        [
+            "bash",
+            str(SCRIPT),
+            "--provider",
+            "cpu",
+            "--arch",
+            "resnext14_8x4d",
+            "--batch-sizes",
+            "1,2",
+            "--out",
+            str(tmp_path / "proof"),
+            "--archive",
+            str(tmp_path / "proof.tgz"),
+            *extra,
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
 
 
@@ -34,8 +50,22 @@ def test_every_step_of_the_proof_runs_on_the_cpu(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     proof = tmp_path / "proof"
     assert steps(proof) == dict.fromkeys(
-        ["machine", "doctor", "export", "probe", "verify", "no-gpu", "torch-free", "bench",
-         "bench-best", "profile", "tensorrt", "pytest"], "ok")
+        [
+            "machine",
+            "doctor",
+            "export",
+            "probe",
+            "verify",
+            "no-gpu",
+            "torch-free",
+            "bench",
+            "bench-best",
+            "profile",
+            "tensorrt",
+            "pytest",
+        ],
+        "ok",
+    )
     # each JSON step wrote one JSON document on stdout, whatever onnxruntime logged on stderr
     doctor = json.loads((proof / "doctor.log").read_text())
     assert doctor["passed"] and doctor["provider"] == "cpu"
@@ -50,8 +80,12 @@ def test_every_step_of_the_proof_runs_on_the_cpu(tmp_path: Path) -> None:
     assert (proof / "no-gpu.stderr").read_text().startswith("error: CUDAExecutionProvider")
     bench = json.loads((proof / "bench" / "resnext14_8x4d-cpu.json").read_text())
     assert {r["backend"] for r in bench["results"]} == {
-        "torch-eager", "torchscript", "torchscript-optimized", "onnxruntime-cpu",
-        "onnxruntime-cpu-fp16"}
+        "torch-eager",
+        "torchscript",
+        "torchscript-optimized",
+        "onnxruntime-cpu",
+        "onnxruntime-cpu-fp16",
+    }
     assert all(r["status"] == "ok" for r in bench["results"])
     profile = json.loads((proof / "bench" / "resnext14_8x4d-cpu-profile-profile.json").read_text())
     assert [p["variant"] for p in profile["profiles"]] == ["fp32"]

@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import numpy as np
 
-from resnext_deploy.artifact import FP32_TOLERANCE, Tolerance
+from resnext_deploy.artifact import FP32_TOLERANCE, INT8_TOLERANCE, Manifest, Tolerance
 from resnext_deploy.parity import ParityInput, compare
 from resnext_deploy.runtime.base import Runner
 
@@ -82,3 +85,69 @@ def test_one_failing_backend_fails_the_report_among_passing_ones() -> None:
     assert not report.passed and not bool(report) and report.to_dict()["passed"] is False
     # Only when every backend passes does the report pass.
     assert compare(REF, [candidates[0], candidates[2]], INPUTS).passed
+
+
+def rotated(b: np.ndarray, angle: float) -> np.ndarray:
+    """The reference logits with every row turned by ``angle`` (radians) away from itself, in
+    the plane of the row and a fixed direction: norms kept, cosine exactly cos(angle)."""
+    ref = logits(b).astype(np.float64)
+    away = np.zeros(ref.shape[1])
+    away[-1] = 1.0
+    out = np.empty_like(ref)
+    for i, row in enumerate(ref):
+        unit = row / np.linalg.norm(row)
+        ortho = away - (away @ unit) * unit
+        ortho /= np.linalg.norm(ortho)
+        out[i] = np.linalg.norm(row) * (np.cos(angle) * unit + np.sin(angle) * ortho)
+    return out.astype(np.float32)
+
+
+def test_cosine_is_int8s_only_gate_and_it_fails_a_turned_output() -> None:
+    """INT8_TOLERANCE leaves max_rel unbounded and top-1 free, so only the cosine check can
+    fail an int8 model that computes something else: cosine 0.8 fails, 0.95 passes."""
+    res = run(lambda b: rotated(b, np.arccos(0.8)), INT8_TOLERANCE)
+    assert np.isclose(res.min_cosine, 0.8, atol=1e-4)
+    assert res.max_rel <= INT8_TOLERANCE.max_rel  # the other gates let it through
+    assert not res.passed
+    assert res.failures == [f"cosine similarity {res.min_cosine:.7f} < 0.9"]
+    assert run(lambda b: rotated(b, np.arccos(0.95)), INT8_TOLERANCE).passed
+    # The opposite direction: what a sign flip in a layer gives.
+    assert not run(lambda b: -logits(b), INT8_TOLERANCE).passed
+
+
+def test_an_fp16_variant_off_by_five_percent_fails_verify(
+    tiny_fp16_export: Path, tmp_path: Path
+) -> None:
+    """The fp16 file's logits scaled by 1.05 in the graph (the manifest re-hashed, so only the
+    numbers can tell): cosine and top-1 are unchanged, the relative error is 5%, beyond fp16's
+    1%. The fp32 file is untouched and passes."""
+    from resnext_deploy.artifact import Variant, open_artifact
+    from resnext_deploy.verify import VerifyConfig, verify_artifact
+
+    export = tmp_path / "export"
+    shutil.copytree(tiny_fp16_export, export)
+    scale_output(export / Variant.FP16.file, 1.05)
+    old = Manifest.read(export)
+    Manifest.build(export, old.spec, old.versions, list(old.files)).write(export)
+    report = verify_artifact(open_artifact(export), VerifyConfig(batch_sizes=(1, 2)))
+    by_name = {b.backend: b for b in report.backends}
+    fp16 = by_name["onnxruntime-cpu-fp16"]
+    assert by_name["onnxruntime-cpu"].passed and not fp16.passed and not report.passed
+    assert 0.04 < fp16.max_rel < 0.06 and fp16.min_cosine > 0.9999 and fp16.top1 == 1.0
+    assert [f.split(" ")[0:3] for f in fp16.failures] == [["max", "relative", "error"]]
+
+
+def scale_output(path: Path, factor: float) -> None:
+    """Multiply ``path``'s (float32) output by ``factor`` with one Mul node before it."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    output = graph.output[0].name
+    inner = f"{output}.unscaled"
+    for node in graph.node:
+        node.output[:] = [inner if o == output else o for o in node.output]
+    graph.initializer.append(numpy_helper.from_array(np.float32(factor), f"{output}.scale"))
+    graph.node.append(helper.make_node("Mul", [inner, f"{output}.scale"], [output]))
+    onnx.save(model, str(path))

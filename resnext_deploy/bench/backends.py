@@ -55,7 +55,8 @@ DEFAULT_BACKENDS = (
     BenchBackend.ONNXRUNTIME,
 )
 PEER_BACKENDS = (BenchBackend.COMPILE, BenchBackend.OPENVINO_F32, BenchBackend.OPENVINO_DEFAULT)
-CPU_ONLY_BACKENDS = (BenchBackend.OPENVINO_F32, BenchBackend.OPENVINO_DEFAULT)
+OPENVINO_BACKENDS = (BenchBackend.OPENVINO_F32, BenchBackend.OPENVINO_DEFAULT)
+CPU_ONLY_BACKENDS = OPENVINO_BACKENDS
 GPU_ONLY_BACKENDS = (BenchBackend.EAGER_AMP, BenchBackend.COMPILE_AMP)
 
 
@@ -87,11 +88,15 @@ class BackendContext:
 class BackendFactory:
     """Builds the runners of one measured backend, named as the report names it (lazily, so
     that on a GPU only one backend's memory is alive at a time). With ``build_for_batch`` each batch
-    size is measured with a runner of its own (TensorRT: an engine tuned for that size)."""
+    size is measured with a runner of its own (TensorRT: an engine tuned for that size).
+    ``optional``: a variant the benchmark tries on its own (``--tune``), which may fail to start
+    on this machine and is then recorded as such; a backend the user asked for that cannot start
+    ends the benchmark (:func:`~resnext_deploy.bench.harness.sweep`)."""
 
     name: str
     build: Callable[[], Runner]
     build_for_batch: Callable[[int], Runner] | None = None
+    optional: bool = False
 
     @property
     def per_batch(self) -> bool:
@@ -135,7 +140,7 @@ def tuning_factories(
     specs = []
     for label, options in variants.items():
         name = f"onnxruntime-{ctx.provider.value}[{label}]"
-        specs.append(_ort_factory(path, _tuned_config(ctx, options), name))
+        specs.append(replace(_ort_factory(path, _tuned_config(ctx, options), name), optional=True))
     return specs
 
 
@@ -201,6 +206,19 @@ def _torch_or_peer(kind: BenchBackend, ctx: BackendContext) -> Runner:
 
     precision = "f32" if kind is BenchBackend.OPENVINO_F32 else "default"
     return OpenVinoRunner(ctx.export_dir / Variant.FP32.file, precision, ctx.threads)
+
+
+def check_installed(kinds: tuple[BenchBackend, ...]) -> None:
+    """Raise :class:`ConfigError` before any work when a backend in ``kinds`` needs an optional
+    package this environment lacks (OpenVINO for the ``openvino-*`` peers)."""
+    import importlib.util
+
+    wanted = [k.value for k in kinds if k in OPENVINO_BACKENDS]
+    if wanted and importlib.util.find_spec("openvino") is None:
+        raise ConfigError(
+            f"backend {', '.join(wanted)} needs OpenVINO, which is not installed: "
+            "pip install 'resnext-deploy[peers]', or leave the OpenVINO backends out"
+        )
 
 
 def chosen_backends(

@@ -6,7 +6,9 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from resnext_deploy.bench.report import BenchReport
-from resnext_deploy.errors import ConfigError
+from resnext_deploy.validate import check_float
+
+MAX_THRESHOLD_PCT = 10_000.0  # a hundred times slower
 
 
 @dataclass(frozen=True)
@@ -26,11 +28,10 @@ def compare_reports(
     old: BenchReport, new: BenchReport, threshold_pct: float = 10.0
 ) -> list[Change]:
     """A slowdown beyond ``threshold_pct`` percent is a regression; so is a measurement the old
-    report had and the new one lost. Raises :class:`ConfigError` for a negative threshold."""
-    if not threshold_pct >= 0:
-        raise ConfigError(
-            f"the regression threshold must be a percentage >= 0, not {threshold_pct}"
-        )
+    report had and the new one lost. Raises :class:`ConfigError` for a threshold that is not a
+    percentage in 0..:data:`MAX_THRESHOLD_PCT`. (The reports' medians are positive finite
+    numbers: :meth:`BenchReport.from_dict` checks them.)"""
+    check_float(threshold_pct, "the regression threshold (percent)", 0.0, MAX_THRESHOLD_PCT)
 
     def index(report: BenchReport) -> dict[tuple[str, int], float | None]:
         return {

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ from resnext_deploy.bench.harness import HarnessOverhead
 from resnext_deploy.bench.report import BenchReport
 from resnext_deploy.bench.roofline import ComputeFloor
 from resnext_deploy.fileio import atomic_write_text, save_figure
+from resnext_deploy.validate import check_name
 
 STAT_FIELDS = (
     "n",
@@ -32,13 +34,16 @@ EXTENSIONS = ("json", "csv", "md", "png")
 
 
 def report_paths(out_dir: Path, name: str) -> dict[str, Path]:
+    """The result files ``name.<ext>`` in ``out_dir``; raises :class:`ConfigError` for a
+    ``name`` that is a path (it would put them elsewhere)."""
+    check_name(name, "report name")
     return {ext: out_dir / f"{name}.{ext}" for ext in EXTENSIONS}
 
 
 def write_reports(report: BenchReport, out_dir: Path, name: str) -> dict[str, Path]:
     """Write ``name.json``, ``.csv``, ``.md`` and ``.png`` under ``out_dir``; returns the paths."""
-    out_dir.mkdir(parents=True, exist_ok=True)
     paths = report_paths(out_dir, name)
+    out_dir.mkdir(parents=True, exist_ok=True)
     report.save(paths["json"])
     atomic_write_text(paths["csv"], to_csv(report))
     atomic_write_text(paths["md"], to_markdown(report, plot_name=paths["png"].name))
@@ -193,12 +198,21 @@ def _floor_lines(f: ComputeFloor) -> list[str]:
         f"{f.peak_gflops:.0f} GFLOP/s peak (the larger of the nominal "
         f"{f.peak_gflops_nominal or 0:.0f} GFLOP/s = {f.nominal_basis}, and "
         f"{f.peak_gflops_matmul:.0f} GFLOP/s measured on a 2048^3 MatMul) = "
-        f"{f.floor_ms_per_image:.1f} ms per image. Best path: "
-        f"{f.best_batch1_ms:.1f} ms at batch 1 ({f.efficiency_batch1:.0%} of the "
-        f"floor), {f.best_ms_per_image:.1f} ms per image at best "
-        f"({f.efficiency_best:.0%}).",
+        f"{f.floor_ms_per_image:.1f} ms per image. {_best_path(f)}",
         "",
     ]
+
+
+def _best_path(f: ComputeFloor) -> str:
+    if not math.isfinite(f.best_ms_per_image):
+        return "No row was measured."
+    batch1 = (
+        f"{f.best_batch1_ms:.1f} ms at batch 1 ({f.efficiency_batch1:.0%} of the floor), "
+        if math.isfinite(f.best_batch1_ms)
+        else ""
+    )
+    best = f"{f.best_ms_per_image:.1f} ms per image at best ({f.efficiency_best:.0%})"
+    return f"Best path: {batch1}{best}."
 
 
 def engine_profile_lines(report: BenchReport) -> list[str]:

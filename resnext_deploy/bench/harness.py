@@ -13,18 +13,19 @@ import resource
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from enum import StrEnum
 from typing import Any
 
 import numpy as np
 
 from resnext_deploy.bench.backends import BackendFactory
-from resnext_deploy.errors import first_line
+from resnext_deploy.errors import BenchmarkError, first_line
 from resnext_deploy.runtime.base import Runner
 from resnext_deploy.runtime.providers import CudaOptions
 from resnext_deploy.runtime.tensorrt import TensorRTOptions, TensorRTProfile
 from resnext_deploy.timing import LatencyStats, Timing, measure
+from resnext_deploy.validate import check_float, check_int
 
 OOM_MARKERS = (
     "out of memory",
@@ -72,24 +73,79 @@ class Measurement:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Measurement:
-        stats, e2e = data.get("stats"), data.get("end_to_end")
+        """Read :meth:`to_dict`'s keys back, every figure checked: a latency that is not a
+        positive finite number would compare as no regression (raises
+        :class:`BenchmarkError`, or ``KeyError``/``TypeError``/``ValueError`` for another
+        shape)."""
+        backend = data["backend"]
+        if not isinstance(backend, str):
+            raise BenchmarkError(f"a backend name must be text, got {type(backend).__name__}")
+        b = check_int(data["batch_size"], f"{backend}: batch_size", 1, MAX_COUNT, BenchmarkError)
+        where = f"{backend} at batch {b}"
         shape, profile = data.get("output_shape"), data.get("engine_profile")
         return cls(
-            backend=str(data["backend"]),
-            batch_size=int(data["batch_size"]),
+            backend=backend,
+            batch_size=b,
             status=Status(data.get("status", "ok")),
-            first_call_ms=data.get("first_call_ms"),
-            stats=LatencyStats(**stats) if stats else None,
-            end_to_end=LatencyStats(**e2e) if e2e else None,
-            output_shape=tuple(shape) if shape else None,
-            rss_mb=data.get("rss_mb"),
-            peak_rss_mb=data.get("peak_rss_mb"),
-            device_memory_mb=data.get("device_memory_mb"),
-            device_memory_scope=data.get("device_memory_scope"),
-            speedup_vs_eager=data.get("speedup_vs_eager"),
+            first_call_ms=_figure(data.get("first_call_ms"), f"{where}: first_call_ms"),
+            stats=latency_from_dict(data.get("stats"), f"{where}: stats"),
+            end_to_end=latency_from_dict(data.get("end_to_end"), f"{where}: end_to_end"),
+            output_shape=_shape(shape, f"{where}: output_shape") if shape else None,
+            rss_mb=_figure(data.get("rss_mb"), f"{where}: rss_mb"),
+            peak_rss_mb=_figure(data.get("peak_rss_mb"), f"{where}: peak_rss_mb"),
+            device_memory_mb=_figure(data.get("device_memory_mb"), f"{where}: device_memory_mb"),
+            device_memory_scope=_optional_text(data.get("device_memory_scope")),
+            speedup_vs_eager=_figure(data.get("speedup_vs_eager"), f"{where}: speedup_vs_eager"),
             engine_profile=TensorRTProfile.from_dict(profile) if profile else None,
             error=str(data.get("error", "")),
         )
+
+
+# What a report read back may hold: counts and figures beyond these are not measurements.
+MAX_COUNT = 2**31 - 1
+MAX_FIGURE = 1e12
+
+
+def latency_from_dict(data: Any, what: str) -> LatencyStats | None:
+    """A :class:`LatencyStats` block of a report (``None`` for null): every key, counts whole
+    and >= 1, figures finite and >= 0, the median > 0. Raises :class:`BenchmarkError` naming
+    ``what`` and the value otherwise."""
+    if data is None:
+        return None
+    names = [f.name for f in fields(LatencyStats)]
+    if not isinstance(data, dict) or sorted(data) != sorted(names):
+        raise BenchmarkError(f"{what} does not hold the latency figures ({', '.join(names)})")
+    values: dict[str, Any] = {}
+    for name in names:
+        if name in ("n", "batch_size"):
+            values[name] = check_int(data[name], f"{what}.{name}", 1, MAX_COUNT, BenchmarkError)
+        else:
+            values[name] = check_float(
+                data[name],
+                f"{what}.{name}",
+                0.0,
+                MAX_FIGURE,
+                BenchmarkError,
+                low_open=name == "p50_ms",
+            )
+    return LatencyStats(**values)
+
+
+def _figure(value: Any, what: str) -> float | None:
+    """An optional figure of a report: ``None``, or a finite number >= 0."""
+    if value is None:
+        return None
+    return check_float(value, what, 0.0, MAX_FIGURE, BenchmarkError)
+
+
+def _shape(value: Any, what: str) -> tuple[int, ...]:
+    if not isinstance(value, list):
+        raise BenchmarkError(f"{what} must be a list of dimensions")
+    return tuple(check_int(d, what, 0, MAX_COUNT, BenchmarkError) for d in value)
+
+
+def _optional_text(value: Any) -> str | None:
+    return None if value is None else str(value)
 
 
 @dataclass
@@ -115,9 +171,12 @@ def sweep(
     progress: Callable[[str], None] | None = None,
 ) -> Sweep:
     """Measure every backend at every batch size. A backend that runs out of memory stops there
-    (its larger batch sizes are recorded as skipped); other backends go on. A backend that
-    cannot be built is recorded as an error at every batch size (a per-batch backend: from the
-    batch size whose runner could not be built)."""
+    (its larger batch sizes are recorded as skipped); other backends go on, as they do after a
+    backend's error at one batch size (a per-batch backend's runner that cannot be built for
+    it included). A backend that cannot start at all (its first runner cannot be built: a
+    model file onnxruntime cannot load, a missing package) raises :class:`BenchmarkError`: a
+    report without it would pass for a benchmark of what was asked. Only an optional backend
+    (a ``--tune`` variant) or an out-of-memory is recorded instead."""
     results: dict[tuple[str, int], Measurement] = {}
     described: dict[str, dict[str, Any]] = {}
     order = (
@@ -126,6 +185,7 @@ def sweep(
         else [(b, spec) for spec in backends for b in batch_sizes]
     )
     stopped: dict[str, str] = {}
+    started: set[str] = set()
     alive = _Alive(one_at_a_time=not interleave)
     try:
         for b, spec in order:
@@ -139,9 +199,12 @@ def sweep(
             try:
                 runner = alive.runner(spec, b)
             except Exception as exc:  # noqa: BLE001 - recorded, the other backends go on
-                m.status, m.error = Status.ERROR, first_line(exc)
+                _refuse_if_never_started(spec, exc, started)
+                m.status = Status.OOM if is_oom(exc) else Status.ERROR
+                m.error = first_line(exc)
                 stopped[spec.name] = f"could not start: {m.error}"
                 continue
+            started.add(spec.name)
             m.engine_profile = runner.shape_profile()
             _measure_one(runner, m, make_batch, timing)
             if m.status is not Status.OK:
@@ -153,6 +216,14 @@ def sweep(
     ordered = [results[(spec.name, b)] for b in batch_sizes for spec in backends]
     _attach_speedups(ordered)
     return Sweep(ordered, [described[s.name] for s in backends if s.name in described])
+
+
+def _refuse_if_never_started(spec: BackendFactory, exc: Exception, started: set[str]) -> None:
+    """Raise :class:`BenchmarkError` for a backend the user asked for whose first runner could
+    not be built (see :func:`sweep`)."""
+    if spec.optional or spec.name in started or is_oom(exc):
+        return
+    raise BenchmarkError(f"backend {spec.name} could not start: {first_line(exc)}") from None
 
 
 class _Alive:

@@ -25,11 +25,14 @@ from resnext_deploy.runtime.providers import (
     SessionConfig,
     TensorRTOptions,
 )
+from resnext_deploy.validate import check_int, check_name
 
 if TYPE_CHECKING:
     from resnext_deploy.bench.source import BenchModel
 
 PROFILE_FORMAT = 1
+MAX_RUNS = 1000  # each profiled run writes trace events: more is a huge trace, no better figure
+MAX_TOP = 1000
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -53,8 +56,10 @@ class ProfileConfig:
                 "profile the fp32, fp16 or int8 graph; the preprocessing graph "
                 "adds only its input conversion"
             )
-        if self.runs < 1 or self.warmup < 0 or self.top < 1:
-            raise ConfigError("profiling needs runs >= 1, warm-up >= 0 and top >= 1")
+        check_int(self.runs, "profiled runs", 1, MAX_RUNS)
+        check_int(self.warmup, "profiling warm-up runs", 0, MAX_RUNS)
+        check_int(self.top, "top nodes", 1, MAX_TOP)
+        check_int(self.seed, "seed", 0, 2**32 - 1)
 
 
 @dataclass(frozen=True)
@@ -175,9 +180,11 @@ def profile_source(source: BenchModel, config: ProfileConfig) -> ProfileReport:
 
 
 def write_profile(report: ProfileReport, out_dir: Path, stem: str) -> dict[str, Path]:
-    """``<stem>-profile.json`` and ``<stem>-profile.md`` in ``out_dir``."""
+    """``<stem>-profile.json`` and ``<stem>-profile.md`` in ``out_dir``; raises
+    :class:`ConfigError` for a ``stem`` that is a path."""
     from resnext_deploy.fileio import atomic_write_text
 
+    check_name(stem, "report name")
     out_dir.mkdir(parents=True, exist_ok=True)
     data = report.to_dict()
     json_path = atomic_write_text(out_dir / f"{stem}-profile.json", json.dumps(data, indent=2))

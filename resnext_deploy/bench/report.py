@@ -10,13 +10,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from resnext_deploy.bench.harness import HarnessOverhead, Measurement, Status
+from resnext_deploy.bench.harness import (
+    MAX_COUNT,
+    MAX_FIGURE,
+    HarnessOverhead,
+    Measurement,
+    Status,
+)
 from resnext_deploy.bench.roofline import ComputeFloor
 from resnext_deploy.errors import BenchmarkError
 from resnext_deploy.fileio import atomic_write_text
 from resnext_deploy.runtime.tensorrt import TensorRTProfile
+from resnext_deploy.validate import check_float, check_int, load_json
 
 REPORT_FORMAT = 2
+# What reading a block of another shape raises (a missing key, a list for a number, ...).
+_MISFITS = (KeyError, TypeError, ValueError, AttributeError, OverflowError)
 
 T = TypeVar("T")
 
@@ -93,51 +102,80 @@ class BenchReport:
         if not isinstance(data, dict) or not isinstance(data.get("results"), list):
             raise BenchmarkError(f"{source} is not a resnext-deploy benchmark report (no results)")
         try:
-            results = [Measurement.from_dict(r) for r in data["results"]]
-            return cls(
-                model=str(data["model"]),
-                arch=str(data["arch"]),
-                input_size=int(data["input_size"]),
-                gmacs_per_image=float(data.get("gmacs_per_image") or 0.0),
-                provider=str(data["provider"]),
-                threads=int(data["threads"]),
-                batch_sizes=[int(b) for b in data["batch_sizes"]],
-                results=results,
-                backends=list(data.get("backends") or []),
-                config=dict(data.get("config") or {}),
-                environment=dict(data.get("environment") or {}),
-                command=str(data.get("command") or (data.get("config") or {}).get("command", "")),
-                overhead=_read(HarnessOverhead.from_dict, data.get("overhead")),
-                compute_floor=_read(ComputeFloor.from_dict, data.get("compute_floor")),
-                best={int(k): str(v) for k, v in (data.get("best") or {}).items()},
-                tuning=(
-                    {int(k): str(v) for k, v in data["tuning"].items()}
-                    if data.get("tuning")
-                    else None
-                ),
-            )
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            return cls._read(data)
+        except (BenchmarkError, *_MISFITS) as exc:
+            cause = str(exc) if isinstance(exc, BenchmarkError) else f"{type(exc).__name__}: {exc}"
             raise BenchmarkError(
-                f"{source} is not a resnext-deploy benchmark report ({type(exc).__name__}: {exc})"
+                f"{source} is not a resnext-deploy benchmark report ({cause})"
             ) from None
 
+    @classmethod
+    def _read(cls, data: dict[str, Any]) -> BenchReport:
+        """:meth:`from_dict` without the message: raises what the first misfit raises."""
+        config = _block(data.get("config"), dict, "config")
+        return cls(
+            model=str(data["model"]),
+            arch=str(data["arch"]),
+            input_size=check_int(data["input_size"], "input_size", 1, MAX_COUNT, BenchmarkError),
+            gmacs_per_image=_number(data.get("gmacs_per_image") or 0.0, "gmacs_per_image"),
+            provider=str(data["provider"]),
+            threads=check_int(data["threads"], "threads", 1, MAX_COUNT, BenchmarkError),
+            batch_sizes=[
+                _count(b, "batch_sizes") for b in _block(data["batch_sizes"], list, "batch_sizes")
+            ],
+            results=[Measurement.from_dict(r) for r in data["results"]],
+            backends=_block(data.get("backends"), list, "backends"),
+            config=config,
+            environment=_block(data.get("environment"), dict, "environment"),
+            command=str(data.get("command") or config.get("command", "")),
+            overhead=_optional(HarnessOverhead.from_dict, data.get("overhead")),
+            compute_floor=_optional(ComputeFloor.from_dict, data.get("compute_floor")),
+            best=_per_batch(data.get("best") or {}, "best"),
+            tuning=_per_batch(data["tuning"], "tuning") if data.get("tuning") else None,
+        )
 
-def _read(from_dict: Callable[[dict[str, Any]], T], data: Any) -> T | None:
+
+def _optional(from_dict: Callable[[dict[str, Any]], T], data: Any) -> T | None:
     """An optional block of a report: ``None`` where the report holds none."""
     return from_dict(data) if data else None
 
 
+def _block(value: Any, kind: type, what: str) -> Any:
+    """``value`` (empty for null) if it is a ``kind`` (a JSON object or list)."""
+    if value is None:
+        return kind()
+    if not isinstance(value, kind):
+        raise BenchmarkError(f"{what} must be a JSON {'object' if kind is dict else 'list'}")
+    return value
+
+
+def _count(value: Any, what: str) -> int:
+    return check_int(value, what, 1, MAX_COUNT, BenchmarkError)
+
+
+def _number(value: Any, what: str) -> float:
+    return check_float(value, what, 0.0, MAX_FIGURE, BenchmarkError)
+
+
+def _per_batch(value: Any, what: str) -> dict[int, str]:
+    """A ``{"<batch size>": "<backend>"}`` block."""
+    found = {}
+    for key, backend in _block(value, dict, what).items():
+        if not (key.isdigit() and len(key) <= 10):
+            raise BenchmarkError(f"{what}: {key!r} is not a batch size")
+        found[_count(int(key), what)] = str(backend)
+    return found
+
+
 def load_report(path: Path) -> BenchReport:
-    """Read a ``bench`` JSON file; raises :class:`BenchmarkError` for anything else."""
+    """Read a ``bench`` JSON file; raises :class:`BenchmarkError` for anything else: a file
+    that is not a regular file (a FIFO would block, /dev/zero never end), JSON nested or sized
+    beyond what a report is (:func:`~resnext_deploy.validate.load_json`), or figures that are
+    not measurements."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_bytes().decode("utf-8"))
-    except FileNotFoundError:
-        raise BenchmarkError(f"benchmark report not found: {path}") from None
-    except IsADirectoryError:
-        raise BenchmarkError(f"{path} is a directory, not a benchmark report") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BenchmarkError(f"{path} is not a JSON benchmark report ({exc})") from None
+    if not path.exists() and not path.is_symlink():
+        raise BenchmarkError(f"benchmark report not found: {path}")
+    data = load_json(path, "benchmark report", BenchmarkError)
     return BenchReport.from_dict(data, str(path))
 
 

@@ -18,6 +18,7 @@ from resnext_deploy.bench.backends import (
     BackendFactory,
     BenchBackend,
     backend_factory,
+    check_installed,
     tuning_factories,
 )
 from resnext_deploy.bench.files import write_reports
@@ -51,10 +52,19 @@ from resnext_deploy.runtime.providers import (
     check_provider,
 )
 from resnext_deploy.timing import Timing
+from resnext_deploy.validate import check_float, check_int, check_name
 
 CPU_BATCH_SIZES = (1, 2, 4, 8, 16)
 GPU_BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+# Bounds of what a benchmark can finish (the CLI's options show them in --help). A batch's
+# input must also fit in free memory (check_input_fits); every (backend, batch size) is timed
+# for at most MAX_TIME_S seconds after at most MAX_WARMUP warm-up calls.
 MAX_BATCH_SIZE = 65536
+MAX_THREADS = 1024
+MAX_WARMUP = 1000
+MAX_ITERS = Timing().max_iters
+MAX_TIME_S = 600.0
+MAX_SEED = 2**32 - 1  # numpy's seeds
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -77,14 +87,19 @@ class BenchConfig:
     def __post_init__(self) -> None:
         if self.tune and self.provider is Provider.CPU:
             raise ConfigError("tuning sweeps GPU provider options; it needs the cuda provider")
-        if self.threads is not None and self.threads < 1:
-            raise ConfigError(f"threads must be >= 1, not {self.threads}")
-        if self.batch_sizes is not None and (
-            not self.batch_sizes or any(not 1 <= b <= MAX_BATCH_SIZE for b in self.batch_sizes)
-        ):
-            raise ConfigError(f"batch sizes must lie in 1..{MAX_BATCH_SIZE}")
+        if self.threads is not None:
+            check_int(self.threads, "threads", 1, MAX_THREADS)
+        if self.batch_sizes is not None:
+            if not self.batch_sizes:
+                raise ConfigError(f"give at least one batch size (1..{MAX_BATCH_SIZE:,})")
+            for b in self.batch_sizes:
+                check_int(b, "batch size", 1, MAX_BATCH_SIZE)
         if not self.backends and not self.tune:
             raise ConfigError("no backend to measure")
+        check_timing(self.timing)
+        check_int(self.seed, "seed", 0, MAX_SEED)
+        if self.name is not None:
+            check_name(self.name, "report name")  # a name, never a path out of out_dir
 
     def resolved_batch_sizes(self) -> tuple[int, ...]:
         if self.batch_sizes:
@@ -165,6 +180,16 @@ class BenchRun:
     profile_files: dict[str, Path] = field(default_factory=dict)
 
 
+def check_timing(timing: Timing) -> None:
+    """Raise :class:`ConfigError` unless ``timing`` can finish: warm-up calls, iterations and
+    seconds within this module's bounds, and finite."""
+    check_int(timing.warmup, "warm-up calls", 0, MAX_WARMUP)
+    check_int(timing.min_iters, "minimum timed calls", 1, MAX_ITERS)
+    check_int(timing.max_iters, "maximum timed calls", timing.min_iters, MAX_ITERS)
+    check_float(timing.min_time_s, "minimum seconds of timed calls", 0.0, MAX_TIME_S)
+    check_float(timing.max_time_s, "maximum seconds per batch size", 0.0, MAX_TIME_S)
+
+
 def run_benchmark(
     model: str,
     config: BenchConfig,
@@ -182,6 +207,7 @@ def run_benchmark(
     import torch
 
     check_provider(config.provider, SessionConfig(cuda=config.cuda, tensorrt=config.tensorrt))
+    check_installed(config.backends)
     if config.out_dir is not None:
         check_writable_dir(config.out_dir, "--out folder")  # before minutes of measuring
     torch.set_num_threads(config.resolved_threads())

@@ -1,4 +1,5 @@
-"""The Typer app and what every command shares: one-line errors, the two consoles, escaping."""
+"""The Typer app and what every command shares: one-line errors, the two consoles (on which
+whatever a user or a file supplied prints as given: see :mod:`resnext_deploy.terminal`)."""
 
 from __future__ import annotations
 
@@ -11,11 +12,10 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import typer
-from rich.console import Console
 from typer.core import TyperGroup
 
 from resnext_deploy.errors import DeployError
-from resnext_deploy.terminal import plain
+from resnext_deploy.terminal import SafeConsole, never_fail_to_encode, plain, styled
 
 if TYPE_CHECKING:
     from resnext_deploy.artifact import Artifact
@@ -63,8 +63,8 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
     add_completion=False,
 )
-out = Console()
-err = Console(stderr=True)
+out = SafeConsole()
+err = SafeConsole(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -75,8 +75,9 @@ class OutputFormat(StrEnum):
 
 
 def fail(message: str, exit_code: int = 1) -> NoReturn:
-    """One ``error:`` line on stderr (``message`` escaped) and exit ``exit_code``."""
-    err.print(f"[bold red]error:[/] {plain(message)}", highlight=False, soft_wrap=True)
+    """One ``error:`` line on stderr (``message`` as given, on one line) and exit
+    ``exit_code``."""
+    err.print(styled("error:", "bold red"), plain(message), highlight=False, soft_wrap=True)
     raise typer.Exit(exit_code) from None
 
 
@@ -117,8 +118,9 @@ def warn_unlisted(artifact: Artifact) -> None:
     """Files in an export that its manifest does not list are never used; say so on stderr."""
     if artifact.unlisted:
         err.print(
-            f"[yellow]warning:[/] {plain(str(artifact.path))} holds files its manifest does not "
-            f"list, which are not used: {plain(', '.join(artifact.unlisted))}",
+            styled("warning:", "yellow"),
+            f"{artifact.path} holds files its manifest does not list, which are not used: "
+            + plain(", ".join(artifact.unlisted)),
             highlight=False,
             soft_wrap=True,
         )
@@ -130,4 +132,5 @@ def emit_json(data: Any) -> None:
 
 
 def main() -> None:
+    never_fail_to_encode()
     app()

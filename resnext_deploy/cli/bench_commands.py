@@ -9,8 +9,10 @@ from typing import Annotated
 import typer
 
 from resnext_deploy.bench.backends import chosen_backends
+from resnext_deploy.bench.compare import MAX_THRESHOLD_PCT
 from resnext_deploy.cli.app import app, command_line, emit_json, err, handles_errors, out
 from resnext_deploy.cli.options import (
+    MAX_EPOCHS,
     AlgoSearch,
     AsJson,
     Backends,
@@ -110,7 +112,10 @@ def compare(
     old: Annotated[Path, typer.Argument(help="Baseline JSON report.")],
     new: Annotated[Path, typer.Argument(help="New JSON report.")],
     threshold: Annotated[
-        float, typer.Option(min=0.0, help="Slowdown in percent that counts as a regression.")
+        float,
+        typer.Option(
+            min=0.0, max=MAX_THRESHOLD_PCT, help="Slowdown in percent that counts as a regression."
+        ),
     ] = 10.0,
     as_json: AsJson = False,
 ) -> None:
@@ -131,7 +136,7 @@ def compare(
 @app.command()
 @handles_errors
 def demo(
-    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 10,
+    epochs: Annotated[int, typer.Option(min=1, max=MAX_EPOCHS, help="Training epochs.")] = 10,
     run_dir: Annotated[Path, typer.Option("--out", help="Run directory.")] = Path("runs/demo"),
     export_dir: Annotated[Path, typer.Option(help="Export directory (replaced).")] = Path(
         "exported/demo-digits"

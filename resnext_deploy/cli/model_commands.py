@@ -22,6 +22,13 @@ from resnext_deploy.cli.app import (
     warn_unlisted,
 )
 from resnext_deploy.cli.options import (
+    MAX_EPOCHS,
+    MAX_PREDICT_BATCH_SIZE,
+    MAX_TOP_K,
+    MAX_TRAIN_BATCH_SIZE,
+    MAX_TRAIN_INPUT_SIZE,
+    MAX_VAL_FRACTION,
+    MAX_VERIFY_BATCH_SIZE,
     Arch,
     AsJson,
     BatchSizes,
@@ -116,7 +123,8 @@ def export(
         opset=opset,
         overwrite=force,
         verify=VerifyConfig(
-            batch_sizes=parse_ints(batch_sizes, "--batch-sizes"), images=tuple(images or ())
+            batch_sizes=parse_ints(batch_sizes, "--batch-sizes", MAX_VERIFY_BATCH_SIZE),
+            images=tuple(images or ()),
         ),
         precisions=tuple(precision or ()),
         embed_preprocess=embed_preprocess,
@@ -152,7 +160,7 @@ def verify(
     artifact = open_artifact(export_dir)
     warn_unlisted(artifact)
     config = VerifyConfig(
-        batch_sizes=parse_ints(batch_sizes, "--batch-sizes"),
+        batch_sizes=parse_ints(batch_sizes, "--batch-sizes", MAX_VERIFY_BATCH_SIZE),
         images=tuple(images or ()),
         seed=seed,
         providers=tuple(provider or (Provider.CPU,)),
@@ -197,16 +205,24 @@ def train(
     ] = "digits",
     arch: Annotated[str, typer.Option(help="Registered architecture.")] = "resnext11_mini",
     out_dir: Annotated[Path, typer.Option("--out", help="Run directory.")] = Path("runs/train"),
-    epochs: Annotated[int, typer.Option(min=1, help="Training epochs.")] = 10,
-    batch_size: Annotated[int, typer.Option(min=1, help="Batch size.")] = 64,
+    epochs: Annotated[int, typer.Option(min=1, max=MAX_EPOCHS, help="Training epochs.")] = 10,
+    batch_size: Annotated[
+        int, typer.Option(min=1, max=MAX_TRAIN_BATCH_SIZE, help="Batch size.")
+    ] = 64,
     lr: Annotated[float, typer.Option(help="Learning rate.")] = 1e-3,
     optimizer: Annotated[Optimizer, typer.Option(help="Optimizer.")] = Optimizer.ADAM,
     weight_decay: Annotated[float, typer.Option(min=0.0, help="Weight decay.")] = 0.0,
     input_size: Annotated[
-        int | None, typer.Option(min=1, help="Input side \\[default: the arch's].")
+        int | None,
+        typer.Option(min=1, max=MAX_TRAIN_INPUT_SIZE, help="Input side \\[default: the arch's]."),
     ] = None,
     val_fraction: Annotated[
-        float, typer.Option(help="Validation share when there is no train/ + val/.")
+        float,
+        typer.Option(
+            min=0.0,
+            max=MAX_VAL_FRACTION,
+            help="Validation share when there is no train/ + val/ (above 0).",
+        ),
     ] = 0.2,
     augment: Annotated[bool, typer.Option(help="Random flips and shifts.")] = False,
     seed: Seed = 0,
@@ -244,8 +260,10 @@ def train(
 def predict(
     model: Annotated[Path, typer.Argument(help="model.onnx or an export directory.")],
     images: Annotated[list[Path], typer.Argument(help="Image files or folders.")],
-    top_k: Annotated[int, typer.Option(min=1, help="Labels per image.")] = 5,
-    batch_size: Annotated[int, typer.Option(min=1, help="Images per inference call.")] = 16,
+    top_k: Annotated[int, typer.Option(min=1, max=MAX_TOP_K, help="Labels per image.")] = 5,
+    batch_size: Annotated[
+        int, typer.Option(min=1, max=MAX_PREDICT_BATCH_SIZE, help="Images per inference call.")
+    ] = 16,
     provider: ProviderOpt = Provider.CPU,
     fmt: Annotated[
         OutputFormat, typer.Option("--format", help="Output format.")
@@ -255,14 +273,13 @@ def predict(
 
     Unreadable files are reported by name and skipped; the exit status is 1 if any were.
     """
-    from resnext_deploy.artifact import MANIFEST_FILE, open_artifact
     from resnext_deploy.predict import Classifier, predict_paths
     from resnext_deploy.render import predictions_csv, print_failures, print_predictions
     from resnext_deploy.runtime.providers import SessionConfig
 
-    if (model / MANIFEST_FILE).is_file():
-        warn_unlisted(open_artifact(model, check_hashes=False))
     with Classifier(model, SessionConfig(provider=provider)) as classifier:
+        if classifier.artifact is not None:
+            warn_unlisted(classifier.artifact)
         result = predict_paths(classifier, images, top_k, batch_size)
     if fmt is OutputFormat.JSON:
         emit_json({"model": str(model)} | result.to_dict())

@@ -2,7 +2,9 @@
 
 A command's signature reads ``out_dir: OutDir = ...``: the option's name, type and help are
 defined once here, so that ``--json``, ``--out``, ``--force``, ``--provider``, ``--threads`` and
-their siblings mean the same in every command.
+their siblings mean the same in every command. Every count has its bounds here (``--help``
+shows them), taken from the config object that checks them again where it is importable
+without torch; the others are kept equal to theirs by tests/test_hostile_numbers.py.
 """
 
 from __future__ import annotations
@@ -13,26 +15,50 @@ from typing import Annotated
 
 import typer
 
+from resnext_deploy import predict as predicting
 from resnext_deploy.artifact import Precision, Variant
+from resnext_deploy.bench import run as bench
 from resnext_deploy.bench.backends import BenchBackend
 from resnext_deploy.errors import ConfigError
+from resnext_deploy.export import triton
 from resnext_deploy.export.calibration import CalibrationMethod
 from resnext_deploy.runtime.providers import ConvAlgoSearch, Provider
-from resnext_deploy.spec import Layout
+from resnext_deploy.serve import config as serving
+from resnext_deploy.spec import MAX_CLASSES, MAX_INPUT_SIZE, MAX_RESIZE, Layout
+from resnext_deploy.validate import check_int
+
+# --- bounds of counts whose config module imports torch (train, verify) or that have none -------
+MAX_SEED = 2**32 - 1  # numpy's seeds; train.MAX_SEED, bench.MAX_SEED
+MAX_EPOCHS = 10_000  # train.MAX_EPOCHS
+MAX_TRAIN_BATCH_SIZE = 4096  # train.MAX_BATCH_SIZE
+MAX_TRAIN_INPUT_SIZE = 1024  # train.MAX_INPUT_SIZE
+MAX_VAL_FRACTION = 0.9  # train.MAX_VAL_FRACTION
+MAX_VERIFY_BATCH_SIZE = 1024  # a parity batch runs eager, TorchScript and onnxruntime at once
+MAX_PREDICT_BATCH_SIZE = predicting.MAX_BATCH_SIZE
+MAX_TOP_K = predicting.MAX_TOP_K
+MAX_PORT = 65535
 
 # --- shared by several commands ----------------------------------------------------------------
 AsJson = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
 Force = Annotated[bool, typer.Option(help="Replace an existing output directory.")]
 ExportDir = Annotated[Path, typer.Argument(help="An export directory.")]
 Images = Annotated[list[Path] | None, typer.Option("--image", help="Image or folder (repeatable).")]
-BatchSizes = Annotated[str, typer.Option(help="Comma-separated batch sizes.")]
-Seed = Annotated[int, typer.Option(help="Random seed.")]
+BatchSizes = Annotated[
+    str, typer.Option(help=f"Comma-separated batch sizes, each 1..{MAX_VERIFY_BATCH_SIZE}.")
+]
+Seed = Annotated[int, typer.Option(min=0, max=MAX_SEED, help="Random seed.")]
 VariantOpt = Annotated[Variant, typer.Option(help="Which ONNX file of the export.")]
 ModelName = Annotated[str | None, typer.Option(help="Model name \\[default: the arch].")]
 ProviderOpt = Annotated[Provider, typer.Option(help="onnxruntime provider.")]
-Threads = Annotated[int | None, typer.Option(min=1, help="CPU threads \\[default: all cores].")]
+Threads = Annotated[
+    int | None,
+    typer.Option(min=1, max=bench.MAX_THREADS, help="CPU threads \\[default: all cores]."),
+]
 AlgoSearch = Annotated[ConvAlgoSearch, typer.Option(help="cuDNN conv algo search.")]
-MaxBatchSize = Annotated[int, typer.Option(help="Most images per onnxruntime call.")]
+MaxBatchSize = Annotated[
+    int,
+    typer.Option(min=1, max=triton.MAX_BATCH_SIZE, help="Most images per onnxruntime call."),
+]
 
 # --- export ------------------------------------------------------------------------------------
 Checkpoint = Annotated[Path, typer.Argument(help="State dict (.pth/.pt), any supported layout.")]
@@ -48,15 +74,24 @@ ExportOut = Annotated[
 ]
 NumClasses = Annotated[
     int | None,
-    typer.Option(min=1, help="Check the classifier has this many classes \\[default: inferred]."),
+    typer.Option(
+        min=1,
+        max=MAX_CLASSES,
+        help="Check the classifier has this many classes \\[default: inferred].",
+    ),
 ]
 ClassNames = Annotated[str | None, typer.Option(help="Comma-separated names or @file.")]
 LayoutOpt = Annotated[
     Layout | None,
     typer.Option(help="Checkpoint layout \\[default: detected from the keys].", show_default=False),
 ]
-InputSize = Annotated[int | None, typer.Option(min=1, help="Input side in pixels.")]
-Resize = Annotated[int | None, typer.Option(min=1, help="Shorter side before the centre crop.")]
+InputSize = Annotated[
+    int | None, typer.Option(min=1, max=MAX_INPUT_SIZE, help="Input side in pixels.")
+]
+Resize = Annotated[
+    int | None,
+    typer.Option(min=1, max=MAX_RESIZE, help="Shorter side before the centre crop."),
+]
 Mean = Annotated[str | None, typer.Option(help="Normalisation mean, e.g. 0.485,0.456,0.406")]
 Std = Annotated[str | None, typer.Option(help="Normalisation std, e.g. 0.229,0.224,0.225")]
 Opset = Annotated[int, typer.Option(help="ONNX opset (18 to the newest onnx knows).")]
@@ -75,8 +110,10 @@ Calibration = Annotated[
 Int8MinAgreement = Annotated[
     float,
     typer.Option(
+        min=0.0,
+        max=1.0,
         help="int8 gate: top-1 agreement with fp32 on held-out images. The layers adding the "
-        "most quantization error stay fp32, as few as reach it; refused if none do."
+        "most quantization error stay fp32, as few as reach it; refused if none do.",
     ),
 ]
 CalibrationMethodOpt = Annotated[
@@ -130,13 +167,22 @@ Peers = Annotated[
 ]
 BenchBatchSizes = Annotated[
     str | None,
-    typer.Option(help="Comma-separated \\[default: 1,2,4,8,16 on CPU; 1..256 on GPU]."),
+    typer.Option(
+        help=f"Comma-separated, each 1..{bench.MAX_BATCH_SIZE} \\[default: 1,2,4,8,16 on CPU; "
+        "1..256 on GPU]."
+    ),
 ]
 Weights = Annotated[Path | None, typer.Option(help="Weights for an architecture name.")]
-Warmup = Annotated[int, typer.Option(help="Warm-up calls per batch size.")]
-MinIters = Annotated[int, typer.Option(help="Minimum timed calls.")]
-MinTime = Annotated[float, typer.Option(help="Minimum seconds of timed calls.")]
-MaxTime = Annotated[float, typer.Option(help="Maximum seconds per batch size.")]
+Warmup = Annotated[
+    int, typer.Option(min=0, max=bench.MAX_WARMUP, help="Warm-up calls per batch size.")
+]
+MinIters = Annotated[int, typer.Option(min=1, max=bench.MAX_ITERS, help="Minimum timed calls.")]
+MinTime = Annotated[
+    float, typer.Option(min=0.0, max=bench.MAX_TIME_S, help="Minimum seconds of timed calls.")
+]
+MaxTime = Annotated[
+    float, typer.Option(min=0.0, max=bench.MAX_TIME_S, help="Maximum seconds per batch size.")
+]
 Tune = Annotated[
     bool,
     typer.Option(
@@ -154,7 +200,10 @@ TrtFp16 = Annotated[
 ResultsOut = Annotated[Path, typer.Option("--out", help="Where result files go.")]
 ResultStem = Annotated[
     str | None,
-    typer.Option("--name", help="Result file stem \\[default: <model>-<provider>-<time>]."),
+    typer.Option(
+        "--name",
+        help="Result file stem, a name (no '/') \\[default: <model>-<provider>-<time>].",
+    ),
 ]
 Overhead = Annotated[bool, typer.Option(help="Measure harness overhead vs a bare loop.")]
 Profile = Annotated[
@@ -166,14 +215,38 @@ Profile = Annotated[
 ]
 
 
+# --- triton ------------------------------------------------------------------------------------
+QueueDelayUs = Annotated[
+    int,
+    typer.Option(
+        min=0,
+        max=triton.MAX_QUEUE_DELAY_US,
+        help="max_queue_delay_microseconds: how long a request waits for a batch to fill.",
+    ),
+]
+Instances = Annotated[
+    int, typer.Option(min=1, max=triton.MAX_INSTANCES, help="Instances per device.")
+]
+
+
 # --- serve -------------------------------------------------------------------------------------
-Replicas = Annotated[int, typer.Option(help="Replicas, each with its own session.")]
-BatchWaitMs = Annotated[float, typer.Option(help="How long a replica waits for a batch to fill.")]
+Replicas = Annotated[
+    int,
+    typer.Option(min=1, max=serving.MAX_REPLICAS, help="Replicas, each with its own session."),
+]
+BatchWaitMs = Annotated[
+    float,
+    typer.Option(
+        min=0.0,
+        max=serving.MAX_BATCH_WAIT_MS,
+        help="How long a replica waits for a batch to fill.",
+    ),
+]
 Batching = Annotated[
     bool, typer.Option(help="Dynamic batching; --no-batching runs each request alone.")
 ]
 Host = Annotated[str, typer.Option(help="HTTP address to listen on.")]
-Port = Annotated[int, typer.Option(help="HTTP port.")]
+Port = Annotated[int, typer.Option(min=1, max=MAX_PORT, help="HTTP port.")]
 RayAddress = Annotated[
     str | None,
     typer.Option(help="Ray cluster to deploy to \\[default: $RAY_ADDRESS, else a local Ray]."),
@@ -184,7 +257,10 @@ GpusPerReplica = Annotated[
 ]
 MaxBodyMb = Annotated[float, typer.Option(help="Largest request body accepted.")]
 MetricsPort = Annotated[
-    int | None, typer.Option(help="Prometheus metrics port of a local Ray \\[default: any].")
+    int | None,
+    typer.Option(
+        min=1, max=MAX_PORT, help="Prometheus metrics port of a local Ray \\[default: any]."
+    ),
 ]
 AccessLog = Annotated[
     bool, typer.Option(help="Log every request (Ray Serve access log, proxy and replica).")
@@ -195,14 +271,17 @@ WriteConfig = Annotated[
 ]
 
 
-def parse_ints(text: str, what: str) -> tuple[int, ...]:
-    """``"1,2,8"`` -> (1, 2, 8); raises :class:`ConfigError` naming ``what`` otherwise."""
+def parse_ints(text: str, what: str, high: int = bench.MAX_BATCH_SIZE) -> tuple[int, ...]:
+    """``"1,2,8"`` -> (1, 2, 8), each in 1..``high`` (default: the largest batch any command
+    takes); raises :class:`ConfigError` naming ``what`` otherwise."""
     try:
         values = tuple(int(v) for v in text.split(",") if v.strip())
     except ValueError:
         raise ConfigError(f"{what} must be comma-separated integers, got {text!r}") from None
-    if not values or any(v < 1 for v in values):
+    if not values:
         raise ConfigError(f"{what} must be positive integers, got {text!r}")
+    for value in values:
+        check_int(value, f"{what}: a batch size", 1, high)
     return values
 
 

@@ -20,12 +20,14 @@ from resnext_deploy.cli.options import (
     Force,
     GpusPerReplica,
     Host,
+    Instances,
     MaxBatchSize,
     MaxBodyMb,
     MetricsPort,
     ModelName,
     Port,
     ProviderOpt,
+    QueueDelayUs,
     RayAddress,
     Replicas,
     Threads,
@@ -34,6 +36,32 @@ from resnext_deploy.cli.options import (
     parse_ints,
 )
 from resnext_deploy.runtime.providers import ConvAlgoSearch, Provider
+from resnext_deploy.serve.config import (
+    DEFAULT_BODY_TIMEOUT_S,
+    DEFAULT_MAX_UPLOADS,
+    MAX_BODY_TIMEOUT_S,
+    MAX_UPLOADS,
+)
+from resnext_deploy.terminal import styled
+
+# Serve's limits on request bodies (kept here until cli/options.py takes them).
+BodyTimeoutS = Annotated[
+    float,
+    typer.Option(
+        # The config checks the range: Click's FloatRange would call NaN "over the maximum".
+        help=f"Seconds a request body may take to arrive, over 0 and at most "
+        f"{MAX_BODY_TIMEOUT_S:g} (408 after it); read before the request reaches a replica.",
+    ),
+]
+MaxUploads = Annotated[
+    int,
+    typer.Option(
+        min=1,
+        max=MAX_UPLOADS,
+        help="Request bodies read at once (each up to --max-body-mb); more wait, up to the "
+        "body timeout.",
+    ),
+]
 
 
 @app.command()
@@ -53,11 +81,11 @@ def triton(
             help="Take preferred batch sizes from a `bench` JSON (highest onnxruntime throughput)."
         ),
     ] = None,
-    queue_delay_us: Annotated[int, typer.Option(help="max_queue_delay_microseconds.")] = 100,
+    queue_delay_us: QueueDelayUs = 100,
     gpu: Annotated[
         bool, typer.Option(help="KIND_GPU instances with CUDA provider options.")
     ] = False,
-    instances: Annotated[int, typer.Option(help="Instances per device.")] = 1,
+    instances: Instances = 1,
     algo_search: AlgoSearch = ConvAlgoSearch.EXHAUSTIVE,
     force: Force = False,
 ) -> None:
@@ -105,6 +133,8 @@ def serve(
     cpus_per_replica: CpusPerReplica = 1.0,
     gpus_per_replica: GpusPerReplica = 1.0,
     max_body_mb: MaxBodyMb = 64.0,
+    body_timeout_s: BodyTimeoutS = DEFAULT_BODY_TIMEOUT_S,
+    max_uploads: MaxUploads = DEFAULT_MAX_UPLOADS,
     metrics_port: MetricsPort = None,
     access_log: AccessLog = True,
     write_config: WriteConfig = None,
@@ -129,15 +159,21 @@ def serve(
         threads=threads,
         cpus_per_replica=cpus_per_replica,
         gpus_per_replica=gpus_per_replica,
-        max_body_bytes=int(max_body_mb * (1 << 20)),
+        max_body_bytes=ServeConfig.body_bytes(max_body_mb),
+        body_timeout_s=body_timeout_s,
+        max_uploads=max_uploads,
         metrics_port=metrics_port,
         access_log=access_log,
     )
     if write_config is not None:
-        out.print(f"[green]wrote[/] {write_serve_config(config, write_config)}", highlight=False)
+        written = write_serve_config(config, write_config)
+        out.print(styled("wrote", "green"), str(written), highlight=False)
         return
-    err.print("starting Ray and deploying the model ...")
-    serve_model(config, lambda info: print_serving(err, info))
+    serve_model(
+        config,
+        on_ready=lambda info: print_serving(err, info),
+        on_starting=lambda: err.print("starting Ray and deploying the model ..."),
+    )
     err.print("stopped")
 
 

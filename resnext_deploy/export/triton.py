@@ -41,7 +41,9 @@ from resnext_deploy.artifact import (
 )
 from resnext_deploy.errors import ArtifactError, ConfigError
 from resnext_deploy.export.atomic import atomic_directory
+from resnext_deploy.runtime.ort import check_onnx_file
 from resnext_deploy.runtime.providers import CudaOptions
+from resnext_deploy.validate import check_int
 
 LABELS_FILE = "labels.txt"
 TENSOR_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:/-]*")
@@ -53,6 +55,14 @@ IR_REQUIREMENTS = {10: (21, "1.18", "24.05")}
 TRITON_TYPES = {onnx_type: f"TYPE_{v2}" for onnx_type, v2 in ONNX_TO_V2.items()}
 # How errors call a model name here (Triton loads a model from a folder of its name).
 NAME_KIND = "Triton model name"
+# Bounds of the numbers a config carries. Triton reads max_batch_size as an int32 and warms
+# each instance up at it (zero-filled, at load time); the queue delay is a uint64 of
+# microseconds that each request may wait for a batch to fill. Beyond these, what is written
+# is a config Triton cannot load or a server nobody would run.
+MAX_BATCH_SIZE = 4096
+MAX_QUEUE_DELAY_US = 10_000_000  # 10 s, as `serve --batch-wait-ms` at most
+MAX_INSTANCES = 64
+MAX_VERSION = 2**31 - 1
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -74,10 +84,12 @@ class TritonConfig:
         object.__setattr__(self, "variant", parse_variant(str(self.variant)))
         if self.model_name is not None:
             check_model_name(self.model_name, NAME_KIND)
-        if self.max_batch_size < 1 or self.instances < 1 or self.version < 1:
-            raise ConfigError("max_batch_size, instances and version must be >= 1")
-        if any(b < 1 or b > self.max_batch_size for b in self.preferred_batch_sizes):
-            raise ConfigError(f"preferred batch sizes must lie in 1..{self.max_batch_size}")
+        check_int(self.max_batch_size, "max batch size", 1, MAX_BATCH_SIZE)
+        for size in self.preferred_batch_sizes:
+            check_int(size, "preferred batch size", 1, self.max_batch_size)
+        check_int(self.max_queue_delay_us, "max queue delay (microseconds)", 0, MAX_QUEUE_DELAY_US)
+        check_int(self.instances, "instances", 1, MAX_INSTANCES)
+        check_int(self.version, "model version", 1, MAX_VERSION)
         if self.cuda.enable_cuda_graph:
             raise ConfigError(
                 "enable_cuda_graph is refused in a Triton config: Triton moves inputs between "
@@ -230,6 +242,8 @@ def write_repository(
     artifact = open_artifact(export_dir)
     variant = Variant(config.variant)
     artifact.require(variant)
+    # The model must load and carry the manifest's spec, or Triton would fail at load, less clearly.
+    check_onnx_file(artifact.file(variant), spec=artifact.spec)
     name = config.model_name or model_name_for(artifact.spec.arch, NAME_KIND)
     with atomic_directory(
         out_dir,

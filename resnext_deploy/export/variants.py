@@ -27,7 +27,6 @@ FP16_MAX = 65504.0
 FP16_KEEP_FP32 = ["ReduceMean", "GlobalAveragePool", "Gemm", "Softmax"]
 
 
-
 def copy_metadata(src: Any, dst: Any, extra: dict[str, str]) -> None:
     props = {p.key: p.value for p in src.metadata_props} | extra
     del dst.metadata_props[:]

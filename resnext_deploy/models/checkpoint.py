@@ -11,11 +11,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from resnext_deploy.errors import CheckpointError, first_line
+from resnext_deploy.errors import CheckpointError, ConfigError, first_line
 from resnext_deploy.fileio import sha256_of
 from resnext_deploy.models.layouts import convert_layout, detect_layout
 from resnext_deploy.models.registry import ARCHS, _build_on_meta, build_model
-from resnext_deploy.spec import IMAGENET_MEAN, IMAGENET_STD, ArchConfig, ModelSpec
+from resnext_deploy.spec import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ArchConfig,
+    ModelSpec,
+    arch_config_from_dict,
+    check_spec_field,
+)
 
 STRIP_PREFIXES = ("module.", "_orig_mod.")
 MAX_LISTED = 6
@@ -33,7 +40,9 @@ class Checkpoint:
 
 @dataclass(frozen=True, kw_only=True)
 class LoadOptions:
-    """What the user told us about a checkpoint; ``None`` means infer it."""
+    """What the user told us about a checkpoint; ``None`` means infer it. Checked as the spec's
+    fields are (:func:`check_spec_field`); an ``arch`` the user names must be registered (a name
+    the registry does not know would only label someone else's architecture)."""
 
     arch: str | None = None
     num_classes: int | None = None
@@ -43,6 +52,14 @@ class LoadOptions:
     resize: int | None = None
     mean: tuple[float, float, float] | None = None
     std: tuple[float, float, float] | None = None
+
+    def __post_init__(self) -> None:
+        if self.arch is not None:
+            ARCHS.get(self.arch)  # raises naming the registered architectures
+        for name in ("num_classes", "class_names", "input_size", "resize", "mean", "std"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, check_spec_field(name, value))
 
 
 def read_checkpoint(path: str | Path) -> Checkpoint:
@@ -110,31 +127,17 @@ def load_model(
     registered architecture fits, suggesting it.
     """
     ckpt = read_checkpoint(path)
-    saved = ckpt.spec or {}
+    saved = _saved_spec(ckpt, options)
     layout = options.layout or saved.get("layout") or detect_layout(ckpt.state_dict)
     state, layout_cfg = convert_layout(ckpt.state_dict, layout)
-
-    arch = options.arch or saved.get("arch")
-    if layout_cfg is not None:
-        cfg = layout_cfg
-        arch = arch or f"{layout}_resnext50"
-    elif arch is None:
-        raise CheckpointError(
-            f"{ckpt.path} does not say which architecture it is; name it (arch) "
-            f"(one of: {', '.join(ARCHS.names())})"
-        )
-    elif arch in ARCHS:
-        cfg = ARCHS.get(arch)
-    elif saved.get("arch_config"):
-        cfg = ArchConfig.from_dict(saved["arch_config"])
-    else:
-        cfg = ARCHS.get(arch)  # raises with the list of valid names
+    arch, cfg = _architecture(ckpt.path, saved, options.arch, layout, layout_cfg)
     if options.input_size:
         cfg = replace(cfg, input_size=options.input_size)
 
     num_classes = _num_classes(state, options.num_classes, ckpt.path)
+    # Shapes first, on the meta device: a config that does not fit is never built for real.
+    _check_fit(_build_on_meta(cfg, num_classes), state, arch, ckpt.path)
     model = build_model(cfg, num_classes)
-    _check_fit(model, state, arch, ckpt.path)
     model.load_state_dict(state, strict=True)
     model.eval()
 
@@ -158,6 +161,57 @@ def load_model(
         source_sha256=ckpt.sha256,
     )
     return model, spec
+
+
+# The saved fields load_model uses (it counts the classes and hashes the file itself).
+SAVED_FIELDS = (
+    "arch",
+    "layout",
+    "class_names",
+    "input_size",
+    "resize",
+    "mean",
+    "std",
+    "arch_config",
+)
+
+
+def _saved_spec(ckpt: Checkpoint, options: LoadOptions) -> dict[str, Any]:
+    """The fields of the spec saved in ``ckpt`` (by ``train``, or by hand) that ``options`` do
+    not replace, each checked as the spec checks it; raises :class:`CheckpointError` naming the
+    file and the field (an option replacing a broken field is the user's way out)."""
+    saved = {
+        k: v
+        for k, v in (ckpt.spec or {}).items()
+        if k in SAVED_FIELDS and not getattr(options, k, None)
+    }
+    try:
+        return {name: check_spec_field(name, value) for name, value in saved.items()}
+    except ConfigError as exc:
+        raise CheckpointError(f"{ckpt.path}: the spec saved in it is invalid: {exc}") from None
+
+
+def _architecture(
+    path: Path,
+    saved: dict[str, Any],
+    requested: str | None,
+    layout: str,
+    layout_cfg: ArchConfig | None,
+) -> tuple[str, ArchConfig]:
+    """The architecture's name and config: the layout's own, a registered one (the user's
+    ``--arch`` is always registered, see :class:`LoadOptions`), or the one saved beside a
+    name the registry does not know."""
+    arch = requested or saved.get("arch")
+    if layout_cfg is not None:
+        return arch or f"{layout}_resnext50", layout_cfg
+    if arch is None:
+        raise CheckpointError(
+            f"{path} does not say which architecture it is; name it (arch) "
+            f"(one of: {', '.join(ARCHS.names())})"
+        )
+    if arch in ARCHS or not saved.get("arch_config"):
+        return arch, ARCHS.get(arch)  # raises with the list of valid names
+    return arch, arch_config_from_dict(saved["arch_config"])  # checked in _saved_spec
 
 
 def _num_classes(state: Mapping[str, torch.Tensor], requested: int | None, path: Path) -> int:

@@ -19,19 +19,22 @@ keeps one graph per session whatever the id: such a runner refuses a second inpu
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
-from resnext_deploy.errors import ConfigError
+from resnext_deploy.errors import ArtifactError, ConfigError, DeployError
 from resnext_deploy.runtime.base import BoundCall, Runner
 from resnext_deploy.runtime.device_memory import DeviceMemory, process_device_memory
 from resnext_deploy.runtime.placement import Placement, read_placement
 from resnext_deploy.runtime.providers import ORT_NAMES, Provider, SessionConfig, create_session
 from resnext_deploy.runtime.tensorrt import TensorRTEngine, TensorRTProfile, resolve_engine
+from resnext_deploy.spec import SPEC_KEY, ModelSpec
+from resnext_deploy.validate import parse_json
 
 GPU_GRAPH_ID = "gpu_graph_id"
 
@@ -97,10 +100,14 @@ class OrtRunner(Runner):
             if self.config.provider is Provider.TENSORRT
             else None
         )
+        self.source = "an in-memory ONNX model" if isinstance(model, bytes) else str(model)
         cache = self._trt_cache_dir()
         before = _listing(cache)
         start = time.perf_counter()
-        self.session: Any = create_session(model, self.config, self.engine)
+        try:
+            self.session: Any = create_session(model, self.config, self.engine)
+        except Exception as exc:  # noqa: BLE001 - onnxruntime's types share no base class
+            raise_onnxruntime_error(exc, f"{self.source} cannot be loaded by {_onnxruntime()}")
         seconds = time.perf_counter() - start
         self.build = SessionBuild(
             seconds=seconds,
@@ -108,16 +115,18 @@ class OrtRunner(Runner):
             new_cache_files=tuple(sorted(_listing(cache) - before)),
         )
         self._placement = read_placement(self.session, ORT_NAMES[self.config.provider])
-        inputs = self.session.get_inputs()
+        inputs, self._outputs = self.session.get_inputs(), self.session.get_outputs()
+        if not inputs or not self._outputs:
+            raise ArtifactError(f"{self.source} has no inputs or no outputs: not a model to run")
         self.input_name = inputs[0].name
         self.input_type = inputs[0].type
-        self._outputs = self.session.get_outputs()
         self.output_name = self._outputs[0].name
         self.num_outputs = len(self._outputs)
         self.device = self.memory_device
         self.name = name or f"onnxruntime-{self.config.provider.value}"
         self._bound: dict[tuple[int, ...], _ShapeBinding] = {}
         self._last: _ShapeBinding | None = None
+        self._run_options = _quiet_run_options()
 
     @property
     def memory_device(self) -> str:
@@ -149,7 +158,11 @@ class OrtRunner(Runner):
             shaped = self._binding(batch, owner=None)
             self._run(shaped)
             return shaped.binding.copy_outputs_to_cpu()[0]
-        return self.session.run([self.output_name], {self.input_name: batch})[0]
+        try:
+            feeds = {self.input_name: batch}
+            return self.session.run([self.output_name], feeds, self._run_options)[0]
+        except Exception as exc:  # noqa: BLE001 - onnxruntime's types share no base class
+            raise_onnxruntime_error(exc, self._run_failed(batch.shape))
 
     def _binding(self, batch: np.ndarray, owner: object | None) -> _ShapeBinding:
         """The binding for ``batch``'s shape (created on first use) holding ``batch``."""
@@ -194,14 +207,20 @@ class OrtRunner(Runner):
                 shape, _numpy_type(meta.type), self.memory_device, self.device_id
             )
             binding.bind_ortvalue_output(meta.name, y)
-        options = ort.RunOptions()
+        options = _quiet_run_options()
         if self.uses_cuda_graph:
             options.add_run_config_entry(GPU_GRAPH_ID, str(graph_id))
         binding.synchronize_inputs()
         return _ShapeBinding(binding, x, options)
 
     def _run(self, shaped: _ShapeBinding) -> None:
-        self.session.run_with_iobinding(shaped.binding, shaped.options)
+        try:
+            self.session.run_with_iobinding(shaped.binding, shaped.options)
+        except Exception as exc:  # noqa: BLE001 - onnxruntime's types share no base class
+            raise_onnxruntime_error(exc, self._run_failed(shaped.inputs.shape()))
+
+    def _run_failed(self, shape: Any) -> str:
+        return f"{_onnxruntime()} could not run {self.source} on input shape {tuple(shape)}"
 
     def bind(self, batch: np.ndarray) -> BoundCall:
         host = np.array(batch, order="C", copy=True)
@@ -266,6 +285,27 @@ class OrtRunner(Runner):
                 info["provider_options"] = self.session.get_provider_options()
         return info
 
+    def embedded_spec(self, expected: ModelSpec | None = None) -> ModelSpec:
+        """The :class:`ModelSpec` the export wrote into the model's metadata. Raises
+        :class:`ArtifactError` naming the file when there is none, when it does not parse, or
+        when it differs from ``expected`` (the spec of the manifest beside it: class names,
+        sizes and normalisation must be the ones every consumer of the export uses)."""
+        meta = self.session.get_modelmeta().custom_metadata_map
+        if SPEC_KEY not in meta:
+            raise ArtifactError(f"{self.source} carries no resnext-deploy spec in its metadata")
+        what = f"the spec in {self.source}'s metadata"
+        data = parse_json(meta[SPEC_KEY], what, ArtifactError)
+        try:
+            spec = ModelSpec.from_dict(data)
+        except (ArtifactError, ConfigError) as exc:
+            raise ArtifactError(f"{what} is invalid: {exc}") from None
+        if expected is not None and spec != expected:
+            raise ArtifactError(
+                f"{what} differs from its export's manifest (class names, sizes or "
+                "normalisation): one of them was edited after export; re-export"
+            )
+        return spec
+
     def close(self) -> None:
         self._bound.clear()
         self._last = None
@@ -300,3 +340,70 @@ def _numpy_type(onnx_type: str) -> Any:
         return _ONNX_TYPES[onnx_type]
     except KeyError:
         raise ConfigError(f"an output of type {onnx_type} cannot be bound ahead") from None
+
+
+def check_onnx_file(
+    path: str | Path, config: SessionConfig | None = None, spec: ModelSpec | None = None
+) -> None:
+    """Raise :class:`ArtifactError` naming ``path`` and the cause unless the file loads into an
+    onnxruntime session (on ``config``'s provider, the CPU by default) and carries ``spec``
+    (the manifest's) in its metadata: the check a server makes before it starts anything that
+    would fail later with the same cause, less clearly."""
+    with OrtRunner(path, config) as runner:
+        if spec is not None:
+            runner.embedded_spec(spec)
+
+
+def _quiet_run_options() -> Any:
+    """Run options under which a failed run is not also logged by onnxruntime (in colour, on
+    stderr): the error raised from it says it once, with the file's name."""
+    import onnxruntime as ort
+
+    options = ort.RunOptions()
+    options.log_severity_level = 4  # fatal only
+    return options
+
+
+def raise_onnxruntime_error(exc: Exception, what: str) -> NoReturn:
+    """Raise ``exc`` as :class:`ArtifactError` ``what: <onnxruntime's cause>`` when it is one of
+    onnxruntime's errors (its ``Fail``/``InvalidArgument``/... types, or a ``RuntimeError`` or
+    ``MemoryError`` from its bindings); anything else (our own errors, bugs) as it is."""
+    if isinstance(exc, DeployError) or not isinstance(exc, _onnxruntime_errors()):
+        raise exc
+    raise ArtifactError(f"{what}: {onnxruntime_cause(exc)}") from None
+
+
+def _onnxruntime_errors() -> tuple[type[BaseException], ...]:
+    from onnxruntime.capi import onnxruntime_pybind11_state as state
+
+    own = (v for v in vars(state).values() if isinstance(v, type) and issubclass(v, Exception))
+    return (*own, RuntimeError, MemoryError)
+
+
+def _onnxruntime() -> str:
+    import onnxruntime as ort
+
+    return f"onnxruntime {ort.__version__}"
+
+
+# "[ONNXRuntimeError] : 1 : FAIL : " before every message
+_STATUS = re.compile(r"^\[ONNXRuntimeError\]\s*:\s*\d+\s*:\s*[A-Z_]+\s*:\s*")
+# "Load model from <path> failed:" (the caller names the file)
+_LOAD = re.compile(r"^Load model from .*? failed:\s*")
+# "/onnxruntime_src/.../model.cc:256 onnxruntime::Model::Model(<args>) " before the reason
+_SOURCE = re.compile(r"\S+\.(?:cc|cpp|h):\d+\s+(?:[^()]*?::[^()\s]*\([^()]*\)(?:\s*const)?\s+)?")
+# "Non-zero status code returned while running Conv node. Name:'/conv1' Status Message: "
+_NODE = re.compile(
+    r"Non-zero status code returned while running (\S+) node\. Name:'([^']*)' Status Message:\s*"
+)
+
+
+def onnxruntime_cause(exc: BaseException, limit: int = 300) -> str:
+    """The reason in one of onnxruntime's error messages, without its status code, source
+    location and C++ signature: ``Unsupported model IR version: 14, max supported IR version:
+    13`` or ``ConstantOfShape node '': Failed to allocate memory for requested buffer ...``."""
+    text = str(exc).strip()
+    text = _LOAD.sub("", _STATUS.sub("", text))
+    text = _NODE.sub(lambda m: f"{m.group(1)} node {m.group(2)!r}: ", _SOURCE.sub("", text))
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[0][:limit] if lines else type(exc).__name__

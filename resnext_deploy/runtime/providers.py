@@ -238,8 +238,9 @@ def _open_session(
     missing: str,
 ) -> _OpenedSession:
     """The ``InferenceSession`` with onnxruntime's output captured; a provider that fails to
-    start raises :class:`ProviderUnavailableError` with onnxruntime's reason (on the CPU
-    provider, onnxruntime's own error is raised as it is)."""
+    start raises :class:`ProviderUnavailableError` with onnxruntime's reason. A model that does
+    not load (and any failure on the CPU provider) raises onnxruntime's own error as it is: the
+    file is at fault, not the provider."""
     wanted = ORT_NAMES[config.provider]
     source = model if isinstance(model, bytes) else str(model)
     failure: str | None = None
@@ -252,7 +253,7 @@ def _open_session(
                 enable_fallback=0,
             )
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidArgument types
-            if config.provider is Provider.CPU:
+            if config.provider is Provider.CPU or _is_model_failure(ort, exc):
                 raise
             failure = _summary(str(exc))
     if failure is not None:
@@ -263,6 +264,15 @@ def _open_session(
             f"{_visible_devices_hint()}"
         )
     return _OpenedSession(session, log.text())
+
+
+def _is_model_failure(ort: Any, exc: Exception) -> bool:
+    """True when onnxruntime failed on the model file before any provider started: unreadable,
+    not a protobuf, an invalid graph ("Load model from ... failed")."""
+    state = ort.capi.onnxruntime_pybind11_state
+    names = ("NoSuchFile", "NoModel", "InvalidProtobuf", "InvalidGraph")
+    kinds = tuple(getattr(state, name) for name in names)
+    return isinstance(exc, kinds) or "Load model from" in str(exc)
 
 
 def _check_provider_used(opened: _OpenedSession, provider: Provider, missing: str) -> None:

@@ -191,9 +191,14 @@ def resolve_engine(model: str | Path | bytes, options: TensorRTOptions) -> Tenso
     """
     import onnx
     import onnxruntime
+    from google.protobuf.message import DecodeError
 
     data = model if isinstance(model, bytes) else _read(Path(model))
-    proto = onnx.load_model_from_string(data)
+    try:
+        proto = onnx.load_model_from_string(data)
+    except DecodeError:
+        where = "the ONNX model" if isinstance(model, bytes) else str(model)
+        raise ArtifactError(f"{where} is not an ONNX model (protobuf parsing failed)") from None
     digest = hashlib.sha256(data)
     if not isinstance(model, bytes):
         for location in _external_data(proto):

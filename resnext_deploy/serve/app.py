@@ -32,6 +32,7 @@ from resnext_deploy.serve.config import ServeConfig
 from resnext_deploy.serve.model import ServedModel
 from resnext_deploy.serve.protocol import RequestError
 from resnext_deploy.serve.routes import HttpRequest, HttpResponse, InferenceAPI
+from resnext_deploy.serve.uploads import ClientGone, read_body
 
 BATCH_BUCKETS = [1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 32.0, 48.0, 64.0, 128.0, 256.0]
 CONSTRUCTOR_RETRIES = 2  # a broken export fails the deployment fast instead of 20 times over
@@ -72,10 +73,15 @@ class ModelServer:
         self.api = InferenceAPI(self.model, infer, self.config.max_image_pixels)
 
     async def __call__(self, request: Request) -> Response:
+        config = self.config
         try:
-            body = await read_body(request, self.config.max_body_bytes)
+            body = await read_body(
+                request.scope, request.receive, config.max_body_bytes, config.body_timeout_s
+            )
         except RequestError as exc:
             answer = HttpResponse.error(exc.status, str(exc))
+        except ClientGone:
+            return Response(b"", status_code=400)  # nobody reads it; no traceback in the log
         else:
             answer = await self.api.handle(
                 HttpRequest(
@@ -123,21 +129,6 @@ class ModelServer:
         executor = getattr(self, "executor", None)  # absent when the constructor failed early
         if executor is not None:
             executor.shutdown(wait=False, cancel_futures=True)
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 as soon as it exceeds ``limit`` bytes (declared or
-    streamed), so an oversized upload is never held whole in memory."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise RequestError(413, f"request body of {declared} bytes exceeds the limit of {limit}")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise RequestError(413, f"request body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def deployment_name(config: ServeConfig) -> str:

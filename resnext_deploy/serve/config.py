@@ -11,9 +11,32 @@ from typing import Any
 from resnext_deploy.artifact import Variant, check_model_name, model_name_for, parse_variant
 from resnext_deploy.errors import ConfigError
 from resnext_deploy.runtime.providers import Provider
+from resnext_deploy.validate import check_float, check_int
 
 DEFAULT_PORT = 8000
 IMPORT_PATH = "resnext_deploy.serve.app:build_app"
+# Bounds of the settings (the CLI's --help says them). A batch is also one request's images.
+MAX_REPLICAS = 1024
+MAX_BATCH_SIZE = 4096
+MAX_BATCH_WAIT_MS = 10_000.0
+MAX_THREADS = 1024
+MAX_CPUS_PER_REPLICA = 1024.0
+MAX_GPUS_PER_REPLICA = 64.0
+MIN_BODY_MB, MAX_BODY_MB = 1 / 1024, 4096.0  # 1 KiB .. 4 GiB
+MAX_IMAGE_PIXELS = 1_000_000_000
+MAX_BODY_TIMEOUT_S = 3600.0
+MAX_UPLOADS = 100_000
+DEFAULT_MAX_BODY_BYTES = 64 << 20
+DEFAULT_BODY_TIMEOUT_S = 30.0
+DEFAULT_MAX_UPLOADS = 128
+
+
+def check_upload_limits(max_body_bytes: int, body_timeout_s: float, max_uploads: int) -> None:
+    """Raise :class:`ConfigError` unless the three limits on request bodies are in range."""
+    low, high = int(MIN_BODY_MB * 2**20), int(MAX_BODY_MB * 2**20)
+    check_int(max_body_bytes, "the body limit (bytes)", low, high)
+    check_float(body_timeout_s, "body timeout (s)", 0, MAX_BODY_TIMEOUT_S, low_open=True)
+    check_int(max_uploads, "max uploads", 1, MAX_UPLOADS)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -25,7 +48,9 @@ class ServeConfig:
     off every request runs alone, one at a time per replica. ``threads`` is onnxruntime's
     intra-op threads per replica (``None``: every core the replica's process may use).
     ``address`` is a Ray cluster to deploy to (``None``: start a local Ray, unless
-    ``RAY_ADDRESS`` is set).
+    ``RAY_ADDRESS`` is set). A request body must arrive within ``body_timeout_s`` (408 after
+    it); at most ``max_uploads`` bodies are read at once, each up to ``max_body_bytes``, before
+    a request reaches a replica (:mod:`resnext_deploy.serve.uploads`).
     """
 
     export_dir: Path
@@ -42,8 +67,10 @@ class ServeConfig:
     threads: int | None = None
     cpus_per_replica: float = 1.0
     gpus_per_replica: float = 1.0
-    max_body_bytes: int = 64 << 20
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     max_image_pixels: int = 50_000_000
+    body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S
+    max_uploads: int = DEFAULT_MAX_UPLOADS
     metrics_port: int | None = None
     access_log: bool = True
     check_hashes: bool = True
@@ -54,26 +81,40 @@ class ServeConfig:
             check_model_name(self.model_name)
         if self.provider is Provider.TENSORRT:
             raise ConfigError("serving runs on the cpu or cuda provider, not tensorrt")
-        if self.replicas < 1 or self.max_batch_size < 1:
-            raise ConfigError("replicas and max batch size must be >= 1")
-        if not 0 <= self.batch_wait_ms <= 10_000:
-            raise ConfigError(f"batch wait must lie in 0..10000 ms, got {self.batch_wait_ms}")
-        if not 0 < self.port < 65536 or (
-            self.metrics_port is not None and not 0 < self.metrics_port < 65536
-        ):
-            raise ConfigError("ports must lie in 1..65535")
-        if self.threads is not None and self.threads < 1:
-            raise ConfigError("threads must be >= 1")
-        if self.cpus_per_replica < 0 or self.gpus_per_replica < 0:
-            raise ConfigError("CPUs and GPUs per replica must be >= 0")
+        check_int(self.replicas, "replicas", 1, MAX_REPLICAS)
+        check_int(self.max_batch_size, "max batch size", 1, MAX_BATCH_SIZE)
+        check_float(self.batch_wait_ms, "batch wait (ms)", 0, MAX_BATCH_WAIT_MS)
+        check_int(self.port, "port", 1, 65535)
+        if self.metrics_port is not None:
+            check_int(self.metrics_port, "metrics port", 1, 65535)
+        if self.threads is not None:
+            check_int(self.threads, "threads", 1, MAX_THREADS)
+        check_float(self.cpus_per_replica, "CPUs per replica", 0, MAX_CPUS_PER_REPLICA)
+        check_float(self.gpus_per_replica, "GPUs per replica", 0, MAX_GPUS_PER_REPLICA)
         if self.provider is Provider.CUDA and self.gpus_per_replica <= 0:
             raise ConfigError("a CUDA replica needs a GPU share > 0 (e.g. 0.5 for two per GPU)")
-        if self.max_body_bytes < 1024 or self.max_image_pixels < 1:
-            raise ConfigError("the body limit must be >= 1 KiB and the pixel limit >= 1")
+        check_upload_limits(self.max_body_bytes, self.body_timeout_s, self.max_uploads)
+        check_int(self.max_image_pixels, "the image pixel limit", 1, MAX_IMAGE_PIXELS)
+        for flag in ("batching", "access_log", "check_hashes"):
+            if not isinstance(getattr(self, flag), bool):
+                raise ConfigError(f"{flag} must be true or false, got {getattr(self, flag)!r}")
+        if not isinstance(self.host, str) or not self.host:
+            raise ConfigError(f"host must be an address such as 127.0.0.1, got {self.host!r}")
 
     def name_for(self, arch: str) -> str:
         """The served model's name: as configured, else the architecture's."""
         return self.model_name or model_name_for(arch)
+
+    @staticmethod
+    def body_bytes(megabytes: float) -> int:
+        """``--max-body-mb`` in bytes; raises :class:`ConfigError` for NaN, infinity or a value
+        outside 1 KiB .. 4 GiB (before ``int()`` could fail on it)."""
+        if not (isinstance(megabytes, int | float) and MIN_BODY_MB <= megabytes <= MAX_BODY_MB):
+            raise ConfigError(
+                f"--max-body-mb must be a number of MB from 1/1024 (1 KiB) to {MAX_BODY_MB:g}, "
+                f"got {megabytes}"
+            )
+        return int(megabytes * 2**20)
 
     @property
     def max_ongoing_requests(self) -> int:

@@ -9,15 +9,20 @@ import warnings
 
 import numpy as np
 
+from resnext_deploy.errors import DataError
+from resnext_deploy.preprocess import check_image_size, to_rgb
 from resnext_deploy.serve.protocol import RequestError
+from resnext_deploy.spec import ModelSpec
 
 FORMATS = ("JPEG", "PNG")
 
 
-def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
+def decode_image(data: bytes, max_pixels: int, spec: ModelSpec) -> np.ndarray:
     """uint8 RGB ``H x W x 3``, converted exactly as :func:`resnext_deploy.preprocess.load_image`
-    converts a file. Raises :class:`RequestError`: 400 for empty or undecodable bytes and for
-    images over ``max_pixels``, 415 for formats other than JPEG and PNG."""
+    converts a file. Raises :class:`RequestError`: 400 for empty or undecodable bytes, for
+    images over ``max_pixels`` and for those ``predict`` refuses too (a side over its bound, or a
+    resize to ``spec.resize`` too large: :func:`check_image_size`), 415 for formats other than
+    JPEG and PNG."""
     from PIL import Image, UnidentifiedImageError
 
     if not data:
@@ -34,7 +39,10 @@ def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
                         f"image is {width}x{height} pixels, more than this server's limit of "
                         f"{max_pixels}",
                     )
-                return np.asarray(img.convert("RGB"), dtype=np.uint8)
+                check_image_size(width, height, spec)
+                return to_rgb(img)
+    except DataError as exc:
+        raise RequestError(400, str(exc)) from None
     except UnidentifiedImageError:
         if _is_other_image(data):
             raise RequestError(415, "only JPEG and PNG images are accepted") from None

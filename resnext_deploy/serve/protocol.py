@@ -41,6 +41,7 @@ V2_DTYPES: dict[str, np.dtype[Any]] = {
 # numpy dtype strings -> the protocol's datatypes, for outputs.
 NUMPY_TO_V2 = {dtype.str: name for name, dtype in V2_DTYPES.items()}
 BINARY_HEADER = "Inference-Header-Content-Length"
+MAX_INT_DIGITS = 40  # as resnext_deploy.validate.MAX_JSON_INT_DIGITS
 
 
 class RequestError(DeployError):
@@ -104,14 +105,7 @@ def parse_infer_request(
     or data size, a batch larger than ``max_batch_size``, or an unknown output.
     """
     header, binary = _split_body(body, header_length)
-    try:
-        request = json.loads(header)
-    except UnicodeDecodeError:
-        raise bad_request("request body is not UTF-8 JSON") from None
-    except json.JSONDecodeError as exc:
-        raise bad_request(f"request body is not valid JSON ({exc.msg} at char {exc.pos})") from None
-    except RecursionError:
-        raise bad_request("request JSON is nested too deeply") from None
+    request = _json_request(header)
     if not isinstance(request, dict):
         raise bad_request("the request must be a JSON object with an 'inputs' list")
     inputs = request.get("inputs")
@@ -130,6 +124,26 @@ def parse_infer_request(
         _parse_outputs(request.get("outputs"), output_names),
         _flag(params, "binary_data_output", "request"),
     )
+
+
+def _json_request(header: bytes) -> Any:
+    def bounded_int(digits: str) -> int:
+        # Past this a number is no tensor value, and Python's int() of 4,300+ digits raises.
+        if len(digits.lstrip("-")) > MAX_INT_DIGITS:
+            raise bad_request(
+                f"request JSON holds an integer of {len(digits)} digits; numbers in a request "
+                f"have at most {MAX_INT_DIGITS}"
+            )
+        return int(digits)
+
+    try:
+        return json.loads(header, parse_int=bounded_int)
+    except UnicodeDecodeError:
+        raise bad_request("request body is not UTF-8 JSON") from None
+    except json.JSONDecodeError as exc:
+        raise bad_request(f"request body is not valid JSON ({exc.msg} at char {exc.pos})") from None
+    except RecursionError:
+        raise bad_request("request JSON is nested too deeply") from None
 
 
 def _split_body(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
@@ -188,7 +202,7 @@ def _parse_input(entry: Any, binary: bytes, spec: TensorSpec, max_batch_size: in
                 f"the body holds {len(binary)} bytes of binary tensor data, input {name!r} "
                 f"declares {size}"
             )
-        return np.frombuffer(binary, dtype=spec.dtype).reshape(shape).copy()
+        return _finite(np.frombuffer(binary, dtype=spec.dtype).reshape(shape).copy(), name)
     if binary:
         raise bad_request("the body has binary data but no input declares binary_data_size")
     if "data" not in entry:
@@ -217,7 +231,7 @@ def _json_data(data: Any, name: str, shape: list[int], spec: TensorSpec) -> np.n
         raise bad_request(f"'data' of input {name!r} must be a (flat or nested) list of numbers")
     try:
         values = np.array(data, dtype=np.float64)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, OverflowError):
         raise bad_request(
             f"'data' of input {name!r} must hold numbers only, in a regular shape"
         ) from None
@@ -225,14 +239,26 @@ def _json_data(data: Any, name: str, shape: list[int], spec: TensorSpec) -> np.n
         raise bad_request(
             f"input {name!r} has {values.size} values; shape {shape} needs {math.prod(shape)}"
         )
-    if not np.isfinite(values).all():
-        raise bad_request(f"input {name!r} holds null, NaN or infinite values")
+    _finite(values, name)
     if spec.dtype.kind in "iub":
         info = np.iinfo(spec.dtype) if spec.dtype.kind != "b" else None
         low, high = (info.min, info.max) if info else (0, 1)
         if (values != np.round(values)).any() or values.min() < low or values.max() > high:
             raise bad_request(f"input {name!r} ({spec.datatype}) takes integers in {low}..{high}")
-    return values.astype(spec.dtype).reshape(shape)
+    # Finite in float64 may still overflow the model's type (1e39 in FP32): checked again.
+    with np.errstate(over="ignore"):
+        return _finite(values.astype(spec.dtype).reshape(shape), name)
+
+
+def _finite(values: np.ndarray, name: str) -> np.ndarray:
+    """``values``, or a 400 when a float tensor holds NaN or infinity: one rule for JSON and
+    binary inputs (a model fed NaN answers NaN, and a JSON answer cannot carry it)."""
+    if values.dtype.kind == "f" and not np.isfinite(values).all():
+        raise bad_request(
+            f"input {name!r} holds null, NaN or infinite values (or values too large for its "
+            "datatype); send finite numbers"
+        )
+    return values
 
 
 def _parse_outputs(outputs: Any, names: tuple[str, ...]) -> tuple[RequestedOutput, ...] | None:
@@ -292,13 +318,26 @@ def encode_infer_response(
     response: dict[str, Any] = {"model_name": model_name, "model_version": "1", "outputs": entries}
     if request.request_id is not None:
         response["id"] = request.request_id
-    header = json.dumps(response).encode()
+    header = json_bytes(response)
     if not chunks:
         return header, {"content-type": "application/json"}
     return header + b"".join(chunks), {
         "content-type": "application/octet-stream",
         BINARY_HEADER: str(len(header)),
     }
+
+
+def json_bytes(data: Any) -> bytes:
+    """``data`` as strict JSON. Raises :class:`RequestError` (500) where it holds NaN or
+    infinity, which JSON cannot carry: a model's outputs can overflow on finite inputs."""
+    try:
+        return json.dumps(data, allow_nan=False).encode()
+    except ValueError:
+        raise RequestError(
+            500,
+            "the model's output for this input holds NaN or infinity, which JSON cannot carry "
+            "(ask for binary_data outputs to get the raw values)",
+        ) from None
 
 
 def classification(values: np.ndarray, k: int, labels: list[str]) -> np.ndarray:

@@ -19,7 +19,6 @@ fails validation never reaches the model.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ from resnext_deploy.serve.protocol import (
     BINARY_HEADER,
     RequestError,
     encode_infer_response,
+    json_bytes,
     parse_infer_request,
 )
 
@@ -57,7 +57,8 @@ class HttpResponse:
 
     @classmethod
     def json(cls, data: object, status: int = 200) -> HttpResponse:
-        return cls(status, json.dumps(data).encode())
+        """Strict JSON (:func:`json_bytes`: NaN or infinity is a 500 with a JSON body)."""
+        return cls(status, json_bytes(data))
 
     @classmethod
     def error(cls, status: int, message: str) -> HttpResponse:
@@ -149,7 +150,7 @@ class InferenceAPI:
     async def _classify(self, request: HttpRequest) -> HttpResponse:
         _identity_encoding(request)
         top_k = _top_k(request.query.get("top_k", "5"), len(self.model.labels))
-        rgb = decode_image(request.body, self.max_image_pixels)
+        rgb = decode_image(request.body, self.max_image_pixels, self.model.spec)
         outputs = await self.infer(self.model.image_rows(rgb))
         prediction = self.model.top_k(outputs, "upload", top_k)
         return HttpResponse.json(

@@ -7,20 +7,31 @@ import logging
 import os
 import signal
 import socket
+import sys
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from resnext_deploy.artifact import open_artifact
+from resnext_deploy import interrupts
 from resnext_deploy.errors import ConfigError, ServeError, first_line
-from resnext_deploy.fileio import atomic_write_text
+from resnext_deploy.fileio import atomic_write_text, check_writable_dir
 from resnext_deploy.runtime.providers import Provider, check_provider
 from resnext_deploy.serve.config import IMPORT_PATH, ServeConfig
+from resnext_deploy.serve.model import ServedModel
+from resnext_deploy.serve.uploads import (
+    LIMITS_ENV,
+    PROXY_CALLBACK,
+    PROXY_CALLBACK_ENV,
+    UploadLimits,
+)
 
 log = logging.getLogger(__name__)
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+PR_SET_CHILD_SUBREAPER = 36  # <linux/prctl.h>
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -47,51 +58,84 @@ def cluster_address(config: ServeConfig) -> str | None:
     return config.address or os.environ.get("RAY_ADDRESS") or None
 
 
-def serve_model(config: ServeConfig, on_ready: Callable[[ServeInfo], None]) -> None:
+def serve_model(
+    config: ServeConfig,
+    on_ready: Callable[[ServeInfo], None],
+    on_starting: Callable[[], None] = lambda: None,
+) -> None:
     """Deploy ``config``'s model and block until SIGINT or SIGTERM, then remove it (and stop
-    the local Ray this call started). ``on_ready`` is called once the model answers.
+    the local Ray this call started, every process of it). ``on_starting`` is called once the
+    model and the port passed their checks, before Ray starts; ``on_ready`` once the model
+    answers. A signal before then raises :class:`Interrupted` once Ray is stopped.
 
-    Raises :class:`ArtifactError` for an export that fails its manifest check,
-    :class:`ProviderUnavailableError` when the provider cannot start here (local Ray only),
-    :class:`ConfigError` for a port in use, :class:`ServeError` when Ray or the deployment
-    fails.
+    Raises :class:`ArtifactError` for an export that fails its manifest check or whose model
+    onnxruntime cannot open (checked before Ray starts), :class:`ProviderUnavailableError`
+    when the provider cannot start here (local Ray only), :class:`ConfigError` for a port in
+    use, :class:`ServeError` when Ray or the deployment fails.
     """
-    artifact = open_artifact(config.export_dir, check_hashes=config.check_hashes)
-    artifact.require(config.variant)
+    name = check_model(config)
     address = cluster_address(config)
     if address is None:
         # Fail here, in one line, rather than in a replica's traceback.
         if config.provider is Provider.CUDA:
             check_provider(Provider.CUDA)
         _check_port_free(config.host, config.port)
-    from resnext_deploy.serve.app import deployment_name
-
-    name = deployment_name(config)
+    on_starting()
     stop = threading.Event()
-    ray = _start_ray(config, address)
+    previous = {s: signal.getsignal(s) for s in SIGNALS}
+    # Imported before anything starts: a signal during the import leaves nothing to stop.
+    import ray
+    import ray.serve
+
+    ours = _LocalProcesses() if address is None else None
     try:
-        _trap_signals(stop)
-        on_ready(_deploy(config, name, address, ray))
+        with _signals_deferred(ray):
+            _start_ray(ray, config, address)
+        info = _deploy(config, name, address, ray)
+        interrupts.raise_if_interrupted()  # a signal Ray swallowed while deploying
+        _stop_on_signals(stop)
+        on_ready(info)
         stop.wait()
     finally:
-        _shutdown(ray, name, address)
+        _stop_on_signals(stop)  # a second Ctrl-C must not cut the shutdown short
+        try:
+            _shutdown(name, address)
+        finally:
+            if ours is not None:
+                ours.end_leftovers()
+            for sig, handler in previous.items():
+                signal.signal(sig, signal.SIG_DFL if handler is None else handler)
 
 
-def _start_ray(config: ServeConfig, address: str | None) -> Any:
-    import ray
+def check_model(config: ServeConfig) -> str:
+    """The served model's name, once its export passed its manifest check and onnxruntime
+    opened its model (on the CPU, whatever the provider) and found the tensors a served model
+    needs: a broken model is one line here, not a replica's traceback after Ray started.
+    Raises :class:`ArtifactError`."""
+    model = ServedModel(replace(config, provider=Provider.CPU, threads=1))
+    try:
+        return model.name
+    finally:
+        model.close()
 
+
+def _start_ray(ray: Any, config: ServeConfig, address: str | None) -> None:
     try:
         if address is None:
-            ray.init(
-                # "local": a new Ray even when `ray start` left a cluster on this machine
-                # (plain ray.init() would join the one in /tmp/ray/ray_current_cluster).
-                address="local",
-                include_dashboard=False,
-                _metrics_export_port=config.metrics_port,
-                logging_level=logging.WARNING,
-            )
+            with _proxy_environment(UploadLimits.of(config)):
+                ray.init(
+                    # "local": a new Ray even when `ray start` left a cluster on this machine
+                    # (plain ray.init() would join the one in /tmp/ray/ray_current_cluster).
+                    address="local",
+                    include_dashboard=False,
+                    _metrics_export_port=config.metrics_port,
+                    logging_level=logging.WARNING,
+                )
         else:
             ray.init(address=address, logging_level=logging.WARNING)
+    except SystemExit:
+        # Ray's own SIGTERM handlers end in sys.exit, should one have been installed after all.
+        raise interrupts.Interrupted(signal.SIGTERM) from None
     except (ConnectionError, RuntimeError, ValueError) as exc:
         if address is None:
             raise ServeError(f"could not start a local Ray: {first_line(exc)}") from None
@@ -99,7 +143,64 @@ def _start_ray(config: ServeConfig, address: str | None) -> Any:
             f"could not connect to the Ray cluster at {address}: {first_line(exc)} (a cluster "
             "with token authentication also needs RAY_AUTH_MODE=token and its token)"
         ) from None
-    return ray
+
+
+@contextmanager
+def _signals_deferred(ray: Any) -> Iterator[None]:
+    """While ``ray.init`` runs, the first SIGINT or SIGTERM is held until it returns and then
+    raises :class:`Interrupted`; a second one raises at once. Cut short, ``ray.init`` leaves a
+    half-built core worker that can crash the exit, and processes it had not registered yet.
+    ``ray.init`` would also install a SIGTERM handler that calls ``sys.exit(15)`` (exit 15,
+    not 143): kept out, and the handlers in place before come back afterwards."""
+    received: list[int] = []
+
+    def hold(signum: int, frame: FrameType | None) -> None:
+        received.append(signum)
+        if len(received) > 1:
+            raise interrupts.Interrupted(signum)
+
+    previous = {s: signal.getsignal(s) for s in SIGNALS}
+    utils = ray._private.utils  # Ray's own hook for it; absent in another Ray: not patched
+    install = getattr(utils, "set_sigterm_handler", None)
+    for sig in SIGNALS:
+        signal.signal(sig, hold)
+    if install is not None:
+        utils.set_sigterm_handler = lambda handler: None
+    try:
+        yield
+    finally:
+        if install is not None:
+            utils.set_sigterm_handler = install
+        for sig, handler in previous.items():
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+    if received:
+        raise interrupts.Interrupted(received[-1])
+
+
+@contextmanager
+def _proxy_environment(limits: UploadLimits) -> Iterator[None]:
+    """The environment the local Ray's processes inherit: Serve's proxy reads every request
+    body through :class:`~resnext_deploy.serve.uploads.UploadGate`, within these limits."""
+    theirs = os.environ.get(PROXY_CALLBACK_ENV)
+    if theirs and theirs != PROXY_CALLBACK:
+        log.warning(
+            "%s is set to %s: request bodies are read in the replicas, with no bound on "
+            "uploads at once",
+            PROXY_CALLBACK_ENV,
+            theirs,
+        )
+        yield
+        return
+    saved = {k: os.environ.get(k) for k in (PROXY_CALLBACK_ENV, LIMITS_ENV)}
+    os.environ[PROXY_CALLBACK_ENV], os.environ[LIMITS_ENV] = PROXY_CALLBACK, limits.to_env()
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def _deploy(config: ServeConfig, name: str, address: str | None, ray: Any) -> ServeInfo:
@@ -126,16 +227,20 @@ def _deploy(config: ServeConfig, name: str, address: str | None, ray: Any) -> Se
     )
 
 
-def _shutdown(ray: Any, app: str, address: str | None) -> None:
+def _shutdown(app: str, address: str | None) -> None:
+    """Remove the application (all of a local Ray's), then disconnect from Ray and stop the
+    processes of a local one; also when ``ray.init`` did not return."""
+    import ray
     from ray import serve
 
     try:
-        if address is not None:
-            serve.delete(app)  # leave the cluster's other applications alone
-        elif _local_ray_alive():
-            serve.shutdown()  # drains in-flight requests, then stops the replicas
+        if ray.is_initialized():
+            if address is not None:
+                serve.delete(app)  # leave the cluster's other applications alone
+            elif _local_ray_alive():
+                serve.shutdown()  # drains in-flight requests, then stops the replicas
     finally:
-        ray.shutdown()
+        ray.shutdown(wait_for_processes=address is None)
 
 
 def _local_ray_alive() -> bool:
@@ -154,11 +259,54 @@ def _local_ray_alive() -> bool:
     return {"gcs_server", "raylet"} <= alive
 
 
-def _trap_signals(stop: threading.Event) -> None:
+class _LocalProcesses:
+    """The processes a local Ray starts under this one. ``ray.shutdown`` stops those it knows;
+    those it had not registered yet when a signal cut ``ray.init`` short (the GCS, the raylet,
+    its dashboard and runtime-env agents) would stay running and listening. While serving,
+    this process is their subreaper (Linux), so one orphaned by the raylet's end stays ours
+    to stop."""
+
+    def __init__(self) -> None:
+        self.before = {p.pid for p in _descendants()}
+        _set_subreaper(True)
+
+    def end_leftovers(self, grace_s: float = 5.0) -> None:
+        import psutil
+
+        leftovers = [p for p in _descendants() if p.pid not in self.before]
+        for process in leftovers:
+            with suppress(psutil.Error):
+                process.terminate()
+        _, alive = psutil.wait_procs(leftovers, timeout=grace_s)
+        for process in alive:
+            with suppress(psutil.Error):
+                process.kill()
+        psutil.wait_procs(alive, timeout=grace_s)
+        _set_subreaper(False)
+
+
+def _set_subreaper(on: bool) -> None:
+    """``prctl(PR_SET_CHILD_SUBREAPER)``: orphaned descendants are re-parented to this
+    process instead of init. Nothing elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    with suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, int(on), 0, 0, 0)
+
+
+def _descendants() -> list[Any]:
+    import psutil
+
+    return psutil.Process().children(recursive=True)
+
+
+def _stop_on_signals(stop: threading.Event) -> None:
     def handler(signum: int, frame: FrameType | None) -> None:
         stop.set()
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in SIGNALS:
         signal.signal(sig, handler)
 
 
@@ -216,18 +364,27 @@ def serve_config_document(config: ServeConfig) -> dict[str, Any]:
 
 def write_serve_config(config: ServeConfig, path: Path) -> Path:
     """Validate the document with Ray's own schema and write it as YAML (atomically); refuses
-    to replace an existing file. Raises :class:`ConfigError` or :class:`ArtifactError`."""
+    to replace an existing file, and checks the destination and the model before any work.
+    Raises :class:`ConfigError` or :class:`ArtifactError`."""
     import yaml
     from ray.serve.schema import ServeDeploySchema
 
-    if path.exists():
+    if os.path.lexists(path):
         raise ConfigError(f"{path} exists; remove it or choose another path")
-    open_artifact(config.export_dir, check_hashes=config.check_hashes).require(config.variant)
+    check_writable_dir(path.parent, "the folder of --write-config")
+    check_model(config)
     document = serve_config_document(config)
     ServeDeploySchema.model_validate(document)
     header = (
         "# Ray Serve config for `serve deploy` / KubeRay (RayService serveConfigV2), written by\n"
         "# resnext-deploy. Every node needs resnext-deploy[serve] installed and export_dir.\n"
+        "# Start every node with these in its environment, so Serve's proxy reads request\n"
+        "# bodies within a deadline before they reach a replica (stalled uploads):\n"
+        f"#   {PROXY_CALLBACK_ENV}={PROXY_CALLBACK}\n"
+        f"#   {LIMITS_ENV}='{UploadLimits.of(config).to_env()}'\n"
     )
     text = header + yaml.safe_dump(document, sort_keys=False, default_flow_style=False)
-    return atomic_write_text(path, text)
+    try:
+        return atomic_write_text(path, text)
+    except OSError as exc:
+        raise ConfigError(f"cannot write {path}: {exc.strerror or exc}") from None

@@ -11,8 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from resnext_deploy.artifact import PROBABILITIES_NAME, Artifact, Variant, open_artifact
-from resnext_deploy.errors import ArtifactError
+from resnext_deploy.errors import ArtifactError, DeployError
 from resnext_deploy.export.atomic import atomic_directory, check_destination
+from resnext_deploy.runtime.ort import check_onnx_file
+from resnext_deploy.validate import load_json
 from resnext_deploy.web.ortweb import SCRIPT, WASM_BINARY, WASM_LOADER, OrtWeb, find_ort_web
 
 STATIC = Path(__file__).parent / "static"
@@ -64,10 +66,14 @@ class WebSite:
 def write_site(export_dir: Path, out_dir: Path, config: WebConfig = WebConfig()) -> WebSite:
     """Write the page, the chosen variant, its ``model.json`` and onnxruntime-web's files into
     ``out_dir``, atomically. Raises :class:`ArtifactError` for an export whose manifest does not
-    check out or that lacks the variant, :class:`ConfigError` when onnxruntime-web cannot be
-    found or installed, or ``out_dir`` is taken (``--force`` replaces an earlier site only)."""
+    check out, that lacks the variant or whose variant onnxruntime cannot load,
+    :class:`ConfigError` when onnxruntime-web cannot be found or installed, or ``out_dir`` is
+    taken (``--force`` replaces an earlier site only)."""
     artifact = open_artifact(export_dir)
     variant = choose_variant(artifact, config.variant)
+    # a file the browser could not load (garbage with a matching hash, a newer IR) or whose
+    # labels are not the manifest's is refused here, not by the visitor's browser
+    check_onnx_file(artifact.file(variant), spec=artifact.spec)
     force = config.overwrite
     # before npm may spend minutes installing; atomic_directory checks again when it claims
     check_destination(out_dir, overwrite=force, replaceable=is_site, what=SITE)
@@ -144,9 +150,9 @@ def _copy_model(artifact: Artifact, variant: Variant, target: Path) -> None:
 
 def is_site(folder: Path) -> bool:
     """What ``--force`` may replace: a folder this command wrote (its ``model.json`` says so)."""
-    try:
-        meta = json.loads((folder / META_FILE).read_text())
-    except (OSError, ValueError):
+    try:  # bounded: a crafted model.json (a FIFO, JSON nested 10,000 deep) is just not ours
+        meta = load_json(folder / META_FILE, "web site metadata", limit=1 << 20)
+    except DeployError:
         return False
     return isinstance(meta, dict) and meta.get("format") == SITE_FORMAT and "ort" in meta
 

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from resnext_deploy.bench.backends import BackendFactory
 from resnext_deploy.bench.compare import compare_reports
-from resnext_deploy.bench.files import to_csv, write_reports
+from resnext_deploy.bench.files import to_csv, to_markdown, write_reports
 from resnext_deploy.bench.harness import (
     Status,
     harness_overhead,
@@ -158,7 +158,12 @@ def test_on_a_gpu_one_backend_is_alive_at_a_time() -> None:
     result = sweep(specs, (1, 2), zeros, FAST, interleave=False)
     assert max(peak) == 1 and alive == []
     assert [(m.backend, m.batch_size) for m in result.results] == [
-        ("a", 1), ("b", 1), ("c", 1), ("a", 2), ("b", 2), ("c", 2)
+        ("a", 1),
+        ("b", 1),
+        ("c", 1),
+        ("a", 2),
+        ("b", 2),
+        ("c", 2),
     ]
 
 
@@ -402,8 +407,19 @@ def test_bench_of_an_architecture_name_exports_the_variants_its_backends_run(
     quick = ["--batch-sizes", "2", "--min-iters", "2", "--min-time", "0", "--warmup", "1"]
     res = CliRunner().invoke(
         app,
-        ["bench", "resnext11_mini", "--backend", "onnxruntime-fp16", "--backend", "onnxruntime",
-         "--no-overhead", "--out", str(tmp_path), "--json", *quick],
+        [
+            "bench",
+            "resnext11_mini",
+            "--backend",
+            "onnxruntime-fp16",
+            "--backend",
+            "onnxruntime",
+            "--no-overhead",
+            "--out",
+            str(tmp_path),
+            "--json",
+            *quick,
+        ],
     )
     assert res.exit_code == 0, res.output
     rows = {r["backend"]: r for r in json.loads(res.stdout)["results"]}
@@ -411,8 +427,15 @@ def test_bench_of_an_architecture_name_exports_the_variants_its_backends_run(
     assert all(r["status"] == "ok" and r["output_shape"] == [2, 1000] for r in rows.values())
     res = CliRunner().invoke(
         app,
-        ["bench", "resnext11_mini", "--backend", "onnxruntime-int8", "--out", str(tmp_path / "x"),
-         *quick],
+        [
+            "bench",
+            "resnext11_mini",
+            "--backend",
+            "onnxruntime-int8",
+            "--out",
+            str(tmp_path / "x"),
+            *quick,
+        ],
     )
     assert res.exit_code == 1 and "calibrated on images" in res.stderr
     assert "Traceback" not in res.output and not (tmp_path / "x").exists()
@@ -447,3 +470,29 @@ def test_ort_runner_binds_and_runs_the_whole_batch(tiny_export: Path) -> None:
         assert np.allclose(bound.fetch(), got)
     assert got.shape == (5, 7)
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_a_run_where_no_row_succeeded_shows_the_floor_without_nan(tmp_path: Path) -> None:
+    """Every row failed (OOM): the floor is still said, and neither the terminal nor the
+    Markdown says "nan ms" or "reaches nan%"."""
+    from rich.console import Console
+
+    from resnext_deploy.render import print_bench
+
+    report = typed({("onnxruntime-cpu", 1): None, ("onnxruntime-cpu", 2): None})
+    nan = float("nan")
+    report.compute_floor = replace(
+        FLOOR,
+        best_batch1_ms=nan,
+        best_ms_per_image=nan,
+        efficiency_batch1=nan,
+        efficiency_best=nan,
+    )
+    console = Console(record=True, width=200)
+    print_bench(console, report)
+    shown = console.export_text()
+    markdown = to_markdown(report)
+    for text in (shown, markdown):
+        assert "nan" not in text.lower()
+    assert f"compute floor {FLOOR.floor_ms_per_image:.1f} ms/image" in shown
+    assert "No row was measured." in markdown

@@ -17,7 +17,7 @@ from resnext_deploy.export.calibration import (
     CalibrationMethod,
     calibration_sets,
 )
-from resnext_deploy.export.fp32_layers import conv_classes
+from resnext_deploy.export.fp32_layers import ClassSpeed, conv_classes
 from resnext_deploy.export.quantize import (
     Int8Config,
     calibrate,
@@ -92,7 +92,85 @@ def test_grouped_convolutions_kept_in_fp32_really_run_in_fp32(digits, tmp_path: 
     assert ("QLinearConv", 8) in optimized_ops(tmp_path / "excluded.onnx", tmp_path)
 
 
-def test_int8_records_its_fp32_layers_reasons_method_and_cpu(digits, tmp_path: Path) -> None:  # noqa: ANN001
+# Faked per-class timings (ms): the grouped 3x3 class clearly slower in int8, every other class
+# clearly faster. Real profiles of this tiny model differ by fractions of a microsecond.
+SLOW_CLASS = "group=8 3x3"
+SLOW, FAST = (0.5, 2.0), (2.0, 1.0)  # (fp32 ms, int8 ms)
+
+
+@pytest.fixture
+def faked_speeds(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, ...]]:
+    """``measure_class_speeds`` replaced by the timings above, for every convolution class of
+    the fp32 graph; returns the batch sizes it was asked to profile."""
+    import resnext_deploy.export.quantize as quantize_module
+
+    asked: list[tuple[int, ...]] = []
+
+    def fake(fp32: Path, int8: Path, input_size: int, batch_sizes, threads):  # noqa: ANN001, ANN202
+        asked.append(tuple(batch_sizes))
+        classes = list(conv_classes(onnx.load(str(fp32)).graph).values())
+        return tuple(
+            ClassSpeed(c, classes.count(c), *(SLOW if c == SLOW_CLASS else FAST))
+            for c in sorted(set(classes))
+        )
+
+    monkeypatch.setattr(quantize_module, "measure_class_speeds", fake)
+    return asked
+
+
+def test_int8_keeps_exactly_the_classes_int8_runs_slower_in_fp32(
+    digits,  # noqa: ANN001
+    faked_speeds: list[tuple[int, ...]],
+    tmp_path: Path,
+) -> None:
+    fp32, calibration, held_out = digits
+    dst = tmp_path / "int8.onnx"
+    config = Int8Config(min_agreement=0.0, speed_batch_sizes=(1, 8))
+    result = export_int8(fp32, dst, calibration, held_out, config)
+    assert faked_speeds == [(1, 8)]
+    grouped = [n for n, c in conv_classes(onnx.load(str(fp32)).graph).items() if c == SLOW_CLASS]
+    assert len(grouped) == 3
+    by_speed = {
+        layer.node: layer for layer in result.fp32_layers if layer.reason.startswith("speed")
+    }
+    assert sorted(by_speed) == sorted(grouped)
+    assert all(
+        layer.reason == f"speed: {SLOW_CLASS} convolutions take 2.00 ms in int8 and 0.50 ms in "
+        "fp32 here"
+        for layer in by_speed.values()
+    )
+    # The file onnxruntime runs: the slow class in fp32, every other convolution in int8.
+    ops = optimized_ops(dst, tmp_path)
+    assert not [op for op in ops if op[0] == "QLinearConv" and op[1] == 8]
+    assert sum(1 for op in ops if op[0] != "QLinearConv" and op[1] == 8) == 3
+    assert result.fp32_convs == 3 and result.int8_convs == len(ops) - 3
+    props = {p.key: p.value for p in onnx.load(str(dst)).metadata_props}
+    assert set(grouped) <= set(props["fp32_nodes"].split(","))
+
+
+def test_int8_keeps_no_class_when_int8_is_faster_everywhere(
+    digits,  # noqa: ANN001
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    import resnext_deploy.export.quantize as quantize_module
+
+    fp32, calibration, held_out = digits
+    classes = sorted(set(conv_classes(onnx.load(str(fp32)).graph).values()))
+    speeds = tuple(ClassSpeed(c, 1, *FAST) for c in classes)
+    monkeypatch.setattr(quantize_module, "measure_class_speeds", lambda *_args: speeds)
+    config = Int8Config(min_agreement=0.0, speed_batch_sizes=(1,))
+    result = export_int8(fp32, tmp_path / "int8.onnx", calibration, held_out, config)
+    assert result.class_speeds == speeds
+    assert not [layer for layer in result.fp32_layers if layer.reason.startswith("speed")]
+    assert result.fp32_convs == 0
+
+
+def test_int8_records_its_fp32_layers_reasons_method_and_cpu(
+    digits,  # noqa: ANN001
+    faked_speeds: list[tuple[int, ...]],
+    tmp_path: Path,
+) -> None:
     fp32, calibration, held_out = digits
     dst = tmp_path / "int8.onnx"
     result = export_int8(
@@ -108,6 +186,7 @@ def test_int8_records_its_fp32_layers_reasons_method_and_cpu(digits, tmp_path: P
     assert [layer["node"] for layer in layers] == props["fp32_nodes"].split(",")
     assert {"node", "module", "reason"} <= set(layers[0])
     assert any(layer["module"] == "fc" for layer in layers)  # the logits stay fp32
+    assert any(layer["reason"].startswith(f"speed: {SLOW_CLASS}") for layer in layers)
     isa = json.loads(props["cpu_isa"])
     flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     assert isa["avx2"] == (" avx2 " in f" {flags} ".replace("\n", " "))
@@ -115,10 +194,6 @@ def test_int8_records_its_fp32_layers_reasons_method_and_cpu(digits, tmp_path: P
     ops = optimized_ops(dst, tmp_path)
     assert result.fp32_convs == sum(op[0] != "QLinearConv" for op in ops)
     assert result.int8_convs == sum(op[0] == "QLinearConv" for op in ops)
-    for layer in layers:
-        if layer["reason"].startswith("speed"):
-            speed = next(s for s in result.class_speeds if s.conv_class in layer["reason"])
-            assert speed.int8_ms > speed.fp32_ms
 
 
 def near_ties(images: np.ndarray, count: int = 400, seed: int = 0) -> np.ndarray:

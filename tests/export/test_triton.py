@@ -10,7 +10,7 @@ from pathlib import Path
 import onnx
 import pytest
 
-from resnext_deploy.errors import ConfigError
+from resnext_deploy.errors import ArtifactError, ConfigError
 from resnext_deploy.export.triton import TritonConfig, render_config, write_repository
 from resnext_deploy.runtime.providers import CudaOptions
 
@@ -147,7 +147,9 @@ def test_a_hostile_architecture_name_in_the_manifest_cannot_leave_the_repository
     manifest = json.loads((export / "manifest.json").read_text())
     manifest["spec"]["arch"] = "../../evil"
     (export / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(ConfigError, match="not allowed"):
+    # refused when the manifest's spec is read (an arch is a name), or at the latest when the
+    # model's folder is named
+    with pytest.raises((ArtifactError, ConfigError), match="is a path|not allowed"):
         write_repository(export, tmp_path / "repo", TritonConfig())
     assert not (tmp_path / "repo").exists() and not (tmp_path.parent / "evil").exists()
 
@@ -163,3 +165,32 @@ def test_cli_refuses_an_escaping_name_in_one_line(tiny_export: Path, tmp_path: P
     )
     assert result.exit_code == 1 and "not allowed" in result.output
     assert "Traceback" not in result.output and not out.exists()
+
+
+def _preferred_in_repository(tiny_export: Path, out: Path, *extra: str) -> list[int]:
+    from typer.testing import CliRunner
+
+    from resnext_deploy.cli import app
+
+    args = ["triton", str(tiny_export), "--out", str(out), "--max-batch-size", "8", *extra]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    return list(_parse(next(out.glob("*/config.pbtxt"))).dynamic_batching.preferred_batch_size)
+
+
+def test_bench_report_sizes_that_are_not_the_defaults_reach_the_config(
+    tiny_export: Path, tmp_path: Path
+) -> None:
+    """A report whose best onnxruntime throughputs are at batch 1 and 2 (1,000 and 1,333
+    images/s; 4 and 8 reach 40), where the defaults up to max batch 8 are 4 and 8: an option
+    dropped on its way to the config cannot pass for one honoured."""
+    from tests.bench.test_harness import _report
+
+    p50 = {("onnxruntime-cpu", 1): 1.0, ("onnxruntime-cpu", 2): 1.5}
+    p50 |= {("onnxruntime-cpu", 4): 100.0, ("onnxruntime-cpu", 8): 200.0}
+    (tmp_path / "bench.json").write_text(json.dumps(_report(p50)))
+    chosen = _preferred_in_repository(
+        tiny_export, tmp_path / "repo", "--bench-report", str(tmp_path / "bench.json")
+    )
+    assert chosen == [1, 2]
+    assert _preferred_in_repository(tiny_export, tmp_path / "defaults") == [4, 8]

@@ -15,8 +15,9 @@ from onnxruntime.capi import onnxruntime_pybind11_state as ort_c
 
 from resnext_deploy.artifact import ONNX_FILE
 from resnext_deploy.doctor.smoke import tiny_resnext_onnx
-from resnext_deploy.errors import ConfigError, ProviderUnavailableError
+from resnext_deploy.errors import ConfigError, DeployError, ProviderUnavailableError
 from resnext_deploy.runtime.ort import OrtRunner
+from resnext_deploy.runtime.placement import Placement, check_placement
 from resnext_deploy.runtime.providers import (
     CudaOptions,
     Provider,
@@ -139,7 +140,8 @@ def test_a_provider_failing_mid_run_is_an_error_not_a_silent_rebuild(
 
     runner.session._sess = FailingRun()
     x = np.zeros((1, 3, 16, 16), dtype=np.float32)
-    with pytest.raises(ort_c.EPFail, match="the GPU went away"):
+    # onnxruntime's error, wrapped into one message naming the model and the cause (issue 23).
+    with pytest.raises(DeployError, match="the GPU went away"):
         runner.infer(x)
     assert isinstance(runner.session._sess, FailingRun)  # not rebuilt behind our back
     assert "EP Error" not in capfd.readouterr().out
@@ -216,6 +218,45 @@ def test_guard_accepts_shape_nodes_on_the_cpu(fake_ort: type[FakeSession]) -> No
         "CPUExecutionProvider": ["Shape", "Gather"],
     }
     create_session(b"model", SessionConfig(provider=Provider.CUDA))
+
+
+def test_guard_refuses_a_session_with_only_some_convolutions_on_the_provider(
+    fake_ort: type[FakeSession],
+) -> None:
+    """Two of three convolutions on CUDA is not CUDA: the third runs on the CPU, with a copy
+    across PCIe on each side of it."""
+    fake_ort.placed = {
+        "CUDAExecutionProvider": ["Conv", "Relu", "FusedConv", "Gemm"],
+        "CPUExecutionProvider": ["Conv", "Shape"],
+    }
+    with pytest.raises(ProviderUnavailableError) as info:
+        create_session(b"model", SessionConfig(provider=Provider.CUDA))
+    message = str(info.value)
+    assert "2 of 3 Conv nodes run on CUDAExecutionProvider" in message
+    assert "CPUExecutionProvider: Conv x1, Shape x1" in message
+
+
+@pytest.mark.parametrize(
+    ("on_requested", "elsewhere", "ok"),
+    [(3, 0, True), (2, 1, False), (1, 2, False), (0, 3, False)],
+)
+def test_placement_is_ok_only_with_every_convolution_on_the_provider(
+    on_requested: int, elsewhere: int, ok: bool
+) -> None:
+    placement = Placement(
+        requested="CUDAExecutionProvider",
+        nodes={"CUDAExecutionProvider": on_requested + 1, "CPUExecutionProvider": elsewhere},
+        elsewhere={"CPUExecutionProvider": {"Conv": elsewhere}} if elsewhere else {},
+        convs=on_requested + elsewhere,
+        convs_on_requested=on_requested,
+    )
+    assert placement.ok is ok and (placement.problem() is None) is ok
+    assert Placement.from_dict(placement.to_dict()).ok is ok
+    if ok:
+        check_placement(placement)
+    else:
+        with pytest.raises(ProviderUnavailableError, match=f"{on_requested} of 3 Conv nodes"):
+            check_placement(placement)
 
 
 def test_every_session_records_where_its_nodes_run() -> None:
@@ -366,7 +407,7 @@ def test_bench_on_cuda_binds_io_on_the_device(cuda_or_skip: None) -> None:
 # What onnxruntime-gpu 1.31.1 raised on an H200 machine run with CUDA_VISIBLE_DEVICES= (the GPU
 # proof, benchmarks/results/gpu-h200-proof.json): the CUDA runtime's reason sits in the middle.
 NO_DEVICE = (
-    '[ONNXRuntimeError] : 1 : FAIL : provider_options_utils.h:187 Parse Failed to parse provider '
+    "[ONNXRuntimeError] : 1 : FAIL : provider_options_utils.h:187 Parse Failed to parse provider "
     'option "device_id": CUDA failure 100: no CUDA-capable device is detected ; GPU=-1 ; '
     "hostname=vm ; file=/onnxruntime_src/onnxruntime/core/providers/cuda/"
     "cuda_execution_provider_info.cc ; line=70 ; expr=cudaGetDeviceCount(&num_devices); "
@@ -406,3 +447,19 @@ def test_onnxruntime_exception_text_is_reduced_to_its_message() -> None:
         "Unsupported model IR version: 14, max supported IR version: 13"
     )
     assert _summary(raised) == "Unsupported model IR version: 14, max supported IR version: 13"
+
+
+@pytest.mark.parametrize("provider", [Provider.CUDA, Provider.TENSORRT])
+def test_a_model_that_does_not_load_is_blamed_on_the_file_not_the_provider(
+    provider: Provider, tmp_path: Path
+) -> None:
+    """Random bytes named model.onnx, asked for on the GPU: the message says the file is not a
+    model (onnxruntime parses it before any provider starts), not that CUDA could not start,
+    and no protobuf traceback escapes TensorRT's engine key."""
+    path = tmp_path / ONNX_FILE
+    path.write_bytes(np.random.default_rng(0).bytes(3000))
+    with pytest.raises(DeployError) as info:
+        OrtRunner(path, SessionConfig(provider=provider))
+    assert not isinstance(info.value, ProviderUnavailableError)
+    assert str(path) in str(info.value)
+    assert "protobuf parsing failed" in str(info.value).lower()

@@ -134,7 +134,8 @@ def test_only_the_serve_layer_imports_ray_and_nothing_below_imports_serve() -> N
     serve_allowed_deps = (
         "resnext_deploy.serve", "resnext_deploy.runtime", "resnext_deploy.predict",
         "resnext_deploy.preprocess", "resnext_deploy.artifact", "resnext_deploy.spec",
-        "resnext_deploy.errors", "resnext_deploy.fileio",
+        "resnext_deploy.errors", "resnext_deploy.fileio", "resnext_deploy.validate",
+        "resnext_deploy.interrupts",
     )  # fmt: skip
     for path in PACKAGE.rglob("*.py"):
         names = _imports(path)

@@ -27,12 +27,12 @@ from PIL import Image
 
 from resnext_deploy.predict import Classifier, predict_paths, softmax
 from resnext_deploy.preprocess import preprocess
+from tests.serve.running import wait_until_serving
 
 triton = pytest.importorskip("tritonclient.http", reason="the serve tests need the [test] extra")
 InferenceServerException = pytest.importorskip("tritonclient.utils").InferenceServerException
 
 MODEL = "resnext14_8x4d"
-START_TIMEOUT_S = 240
 MAX_BODY_MB = 2
 
 
@@ -88,11 +88,7 @@ def server(tiny_export: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
         proc = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=env)
     server = Server(proc, port, metrics_port, log)
     try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while b"serving" not in log.read_bytes():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"serve did not start:\n{log.read_text()[-3000:]}")
-            time.sleep(0.5)
+        wait_until_serving(proc, log)
         yield server
     finally:
         if proc.poll() is None:

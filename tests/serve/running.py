@@ -1,0 +1,21 @@
+"""Starting ``resnext-deploy serve`` in a subprocess for a test: one wait for "serving"."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+START_TIMEOUT_S = 240  # Ray's start on a busy 2-core machine
+
+
+def wait_until_serving(proc: subprocess.Popen[bytes], log: Path) -> None:
+    """Return once ``log`` says "serving"; fail the test with the log's end if ``proc`` exits
+    or ``START_TIMEOUT_S`` passes first."""
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while b"serving" not in log.read_bytes():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            pytest.fail(f"serve did not start:\n{log.read_text()[-3000:]}")
+        time.sleep(0.5)
