@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from random_export import ensure_random_export
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "resnext_deploy"]
@@ -77,29 +78,7 @@ def free_port() -> int:
 
 
 def ensure_export(args: argparse.Namespace) -> Path:
-    if args.export:
-        return Path(args.export)
-    export = args.work / "rx50-serve"
-    if (export / "manifest.json").is_file():
-        return export
-    args.work.mkdir(parents=True, exist_ok=True)
-    checkpoint = args.work / "rx50-random.pth"
-    subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "import torch; from resnext_deploy.models.registry import build_model; "
-            "torch.manual_seed(0); "
-            f"torch.save(build_model('resnext50_32x4d', 1000).state_dict(), {str(checkpoint)!r})",
-        ],
-        check=True,
-    )
-    subprocess.run(
-        [*CLI, "export", str(checkpoint), "--arch", "resnext50_32x4d", "--out", str(export)]
-        + ["--batch-sizes", "1,2", "--force"],
-        check=True,
-    )
-    return export
+    return ensure_random_export(args.work, "rx50-serve", args.export)
 
 
 def in_process(export: Path, batch_sizes: list[int], seconds: float) -> list[InProcessResult]:

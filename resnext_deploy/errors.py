@@ -63,3 +63,7 @@ class TrainingError(DeployError):
 
 class ServeError(DeployError):
     """A model server could not start, deploy or shut down."""
+
+
+class BatchError(DeployError):
+    """A ``predict --ray`` run could not start, or Ray failed it (what was done stays done)."""

@@ -69,13 +69,24 @@ class Classifier:
     normalised batch.
     """
 
-    def __init__(self, model: str | Path, session: SessionConfig = SessionConfig()) -> None:
-        path, self.artifact = open_model_file(model)
-        _check_model_path(path)
-        self.path = path
-        self.runner = OrtRunner(path, session)
+    def __init__(
+        self,
+        model: str | Path | bytes,
+        session: SessionConfig = SessionConfig(),
+        spec: ModelSpec | None = None,
+    ) -> None:
+        """``model`` may also be the bytes of an ONNX file (one an export's manifest vouched
+        for, sent to another process), with the ``spec`` it must embed."""
+        if isinstance(model, bytes):
+            self.path: Path | None = None
+            self.artifact = None
+        else:
+            self.path, self.artifact = open_model_file(model)
+            _check_model_path(self.path)
+            spec = self.artifact.spec if self.artifact else spec
+        self.runner = OrtRunner(model if self.path is None else self.path, session)
         try:
-            self.spec = self.runner.embedded_spec(self.artifact.spec if self.artifact else None)
+            self.spec = self.runner.embedded_spec(spec)
         except DeployError:
             self.runner.close()
             raise
@@ -92,15 +103,17 @@ class Classifier:
         self.close()
 
     def probabilities(self, images: list[np.ndarray]) -> np.ndarray:
-        if self.takes_images:
-            batch = np.stack([resize_and_crop(image, self.spec) for image in images])
-        else:
-            batch = preprocess(images, self.spec)
+        return self.batch_probabilities(model_input(images, self.spec, self.takes_images))
+
+    def batch_probabilities(self, batch: np.ndarray) -> np.ndarray:
+        """Softmax of the logits of ``batch``, a :func:`model_input` batch (which may have been
+        made elsewhere: ``predict --ray`` decodes in other processes)."""
         logits = self.runner.infer(batch)
-        if logits.shape != (len(images), len(self.labels)):
+        if logits.shape != (len(batch), len(self.labels)):
             raise ArtifactError(
-                f"{self.path} returned logits of shape {logits.shape} for {len(images)} images; "
-                f"its spec has {len(self.labels)} classes: the model and its metadata disagree"
+                f"{self.runner.source} returned logits of shape {logits.shape} for "
+                f"{len(batch)} images; its spec has {len(self.labels)} classes: the model and "
+                "its metadata disagree"
             )
         return softmax(logits.astype(np.float64))
 
@@ -108,6 +121,15 @@ class Classifier:
         self, images: list[np.ndarray], names: list[str], top_k: int = 5
     ) -> list[Prediction]:
         return top_predictions(self.probabilities(images), self.labels, names, top_k)
+
+
+def model_input(images: list[np.ndarray], spec: ModelSpec, takes_images: bool) -> np.ndarray:
+    """The batch a model takes for RGB uint8 ``images``: resized and cropped uint8 pixels for
+    the graph with the preprocessing inside (``takes_images``), else the normalised float32
+    batch."""
+    if takes_images:
+        return np.stack([resize_and_crop(image, spec) for image in images])
+    return preprocess(images, spec)
 
 
 def top_predictions(
@@ -169,15 +191,22 @@ def predict_paths(
     return result
 
 
+def read_image(path: Path, spec: ModelSpec) -> np.ndarray:
+    """One image file as RGB uint8, refused (:class:`DataError` naming the file) as ``predict``
+    refuses it: missing, not a regular file (a FIFO could block forever), unreadable, a bomb,
+    or too large once resized to ``spec``."""
+    if path.exists():  # a missing file is load_image's to report
+        regular_file(path, "image", DataError)
+    return load_image(path, spec)
+
+
 def _batches(
     files: list[Path], size: int, spec: ModelSpec, failures: list[str]
 ) -> Iterator[list[tuple[np.ndarray, str]]]:
     batch: list[tuple[np.ndarray, str]] = []
     for f in files:
         try:
-            if f.exists():  # a missing file is load_image's to report
-                regular_file(f, "image", DataError)
-            batch.append((load_image(f, spec), str(f)))
+            batch.append((read_image(f, spec), str(f)))
         except DataError as exc:
             failures.append(str(exc))
             continue

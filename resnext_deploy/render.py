@@ -8,6 +8,7 @@ name is never markup, its control characters are shown escaped), and colour come
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
 
     from resnext_deploy.artifact import Tolerance
+    from resnext_deploy.batch.ledger import BatchSummary
     from resnext_deploy.bench.harness import Measurement
     from resnext_deploy.bench.profile import ProfileReport
     from resnext_deploy.bench.run import BenchRun
@@ -581,6 +583,59 @@ def bench_progress(console: Console, total: int) -> Iterator[Callable[[str], Non
             bar.update(task, description=plain(step), advance=1 if "batch=" in step else 0)
 
         yield progress
+
+
+@contextmanager
+def batch_progress(console: Console) -> Iterator[Callable[[int, int], None]]:
+    """A progress bar for ``predict --ray``: images done of those this run does, and images/s."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    columns = (
+        TextColumn("classifying"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}", markup=False),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    started = time.perf_counter()
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task("classifying", total=None, rate="")
+
+        def progress(done: int, total: int) -> None:
+            seconds = time.perf_counter() - started
+            rate = f"{done / seconds:.1f} img/s" if done and seconds > 0 else ""
+            bar.update(task, completed=done, total=total, rate=rate)
+
+        yield progress
+
+
+def print_batch_summary(console: Console, summary: BatchSummary) -> None:
+    """What a finished ``predict --ray`` run holds and where."""
+    resumed = (
+        f" ({summary.shards_resumed} of {summary.shards} shards were done already)"
+        if summary.shards_resumed
+        else ""
+    )
+    console.print(
+        styled("done", "green"),
+        f"{summary.images:,} images: {summary.classified:,} classified, {summary.errors:,} "
+        f"could not be read (their 'error' column says why){resumed}",
+        highlight=False,
+    )
+    console.print(
+        f"this run: {summary.images_this_run:,} images in {summary.seconds:.1f} s "
+        f"({summary.images_per_s:.1f} images/s); results: {summary.out_dir}/parts/*.parquet, "
+        f"summary: {summary.out_dir}/summary.json",
+        highlight=False,
+    )
 
 
 def print_triton_repository(console: Console, model_dir: Path, repository: Path, gpu: bool) -> None:

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-OPTIONAL = ("tritonclient", "ray", "yaml", "importlinter", "openvino")
+OPTIONAL = ("tritonclient", "ray", "yaml", "importlinter", "openvino", "pyarrow")
 
 BLOCK_AND_COLLECT = f"""
 import importlib.abc, sys

@@ -29,29 +29,38 @@ from resnext_deploy.cli.options import (
     MAX_TRAIN_INPUT_SIZE,
     MAX_VAL_FRACTION,
     MAX_VERIFY_BATCH_SIZE,
+    Actors,
+    ActorThreads,
     Arch,
     AsJson,
+    BatchAddress,
+    BatchOut,
     BatchSizes,
     Calibration,
     CalibrationMethodOpt,
     Checkpoint,
     ClassNames,
+    CpusPerActor,
     EmbedPreprocess,
     ExportDir,
     ExportOut,
     Force,
+    GpusPerActor,
     Images,
     InputSize,
     Int8MinAgreement,
     LayoutOpt,
+    ListingColumn,
     Localize,
     Mean,
     NumClasses,
     Opset,
     Precisions,
     ProviderOpt,
+    RayOpt,
     Resize,
     Seed,
+    ShardSize,
     Std,
     VerifyProviders,
     parse_floats3,
@@ -268,11 +277,34 @@ def predict(
     fmt: Annotated[
         OutputFormat, typer.Option("--format", help="Output format.")
     ] = OutputFormat.TABLE,
+    ray: RayOpt = False,
+    out_dir: BatchOut = None,
+    address: BatchAddress = None,
+    actors: Actors = None,
+    threads: ActorThreads = None,
+    cpus_per_actor: CpusPerActor = None,
+    gpus_per_actor: GpusPerActor = None,
+    column: ListingColumn = None,
+    shard_size: ShardSize = None,
 ) -> None:
     """Top-k labels with probabilities, using only onnxruntime, numpy and Pillow (no torch).
 
     Unreadable files are reported by name and skipped; the exit status is 1 if any were.
+    With --ray: a folder tree or a listing (.txt, or a .csv/.parquet column) classified on Ray
+    Data into Parquet files in --out; unreadable images get a row with an error, and a run
+    started again with the same --out finishes what is left (needs the [batch] extra).
     """
+    from resnext_deploy.cli.batch_commands import RayOptions, predict_with_ray, refuse_without_ray
+
+    options = RayOptions(
+        out_dir, address, actors, threads, cpus_per_actor, gpus_per_actor, column, shard_size
+    )
+    if ray:
+        predict_with_ray(
+            model, images, options, top_k=top_k, batch_size=batch_size, provider=provider, fmt=fmt
+        )
+        return
+    refuse_without_ray(options)
     from resnext_deploy.predict import Classifier, predict_paths
     from resnext_deploy.render import predictions_csv, print_failures, print_predictions
     from resnext_deploy.runtime.providers import SessionConfig

@@ -17,6 +17,7 @@ import typer
 
 from resnext_deploy import predict as predicting
 from resnext_deploy.artifact import Precision, Variant
+from resnext_deploy.batch import config as batching
 from resnext_deploy.bench import run as bench
 from resnext_deploy.bench.backends import BenchBackend
 from resnext_deploy.errors import ConfigError
@@ -308,3 +309,63 @@ def read_class_names(text: str | None) -> tuple[str, ...]:
             raise ConfigError(f"class-names file not found: {path}")
         return tuple(ln.strip() for ln in path.read_text().splitlines() if ln.strip())
     return tuple(n.strip() for n in text.split(",") if n.strip())
+
+
+# --- predict --ray -------------------------------------------------------------------------------
+RayOpt = Annotated[
+    bool,
+    typer.Option(
+        "--ray",
+        help="Classify a folder tree or a listing on Ray Data into --out (Parquet), resumable.",
+    ),
+]
+BatchOut = Annotated[
+    Path | None,
+    typer.Option("--out", help="With --ray: the results folder; a run there is resumed."),
+]
+BatchAddress = Annotated[
+    str | None,
+    typer.Option(
+        "--address", help="With --ray: a Ray cluster \\[default: $RAY_ADDRESS, else a local Ray]."
+    ),
+]
+Actors = Annotated[
+    int | None,
+    typer.Option(
+        min=1, max=batching.MAX_ACTORS, help="With --ray: onnxruntime sessions \\[default: 1]."
+    ),
+]
+ActorThreads = Annotated[
+    int | None,
+    typer.Option(
+        "--threads",
+        min=1,
+        max=batching.MAX_THREADS,
+        help="With --ray: threads per session \\[default: its CPUs].",
+    ),
+]
+CpusPerActor = Annotated[
+    float | None,
+    typer.Option(min=0.0, max=1024.0, help="With --ray: Ray CPUs per session \\[default: 1]."),
+]
+GpusPerActor = Annotated[
+    float | None,
+    typer.Option(
+        min=0.0, max=64.0, help="With --ray and --provider cuda: GPUs per session \\[default: 1]."
+    ),
+]
+ListingColumn = Annotated[
+    str | None,
+    typer.Option(
+        "--column", help="With --ray: the column of paths in a .csv/.parquet listing \\[path]."
+    ),
+]
+ShardSize = Annotated[
+    int | None,
+    typer.Option(
+        min=1,
+        max=batching.MAX_SHARD_SIZE,
+        help="With --ray: inputs per output file, the most an interrupted run redoes "
+        f"\\[default: {batching.DEFAULT_SHARD_SIZE}].",
+    ),
+]

@@ -7,10 +7,9 @@ import logging
 import os
 import signal
 import socket
-import sys
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import FrameType
@@ -19,6 +18,13 @@ from typing import Any
 from resnext_deploy import interrupts
 from resnext_deploy.errors import ConfigError, ServeError, first_line
 from resnext_deploy.fileio import atomic_write_text, check_writable_dir
+from resnext_deploy.raylocal import (
+    SIGNALS,
+    LocalProcesses,
+    local_ray_alive,
+    ray_cause,
+    signals_deferred,
+)
 from resnext_deploy.runtime.providers import Provider, check_provider
 from resnext_deploy.serve.config import IMPORT_PATH, ServeConfig
 from resnext_deploy.serve.model import ServedModel
@@ -30,8 +36,6 @@ from resnext_deploy.serve.uploads import (
 )
 
 log = logging.getLogger(__name__)
-SIGNALS = (signal.SIGINT, signal.SIGTERM)
-PR_SET_CHILD_SUBREAPER = 36  # <linux/prctl.h>
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -87,9 +91,9 @@ def serve_model(
     import ray
     import ray.serve
 
-    ours = _LocalProcesses() if address is None else None
+    ours = LocalProcesses() if address is None else None
     try:
-        with _signals_deferred(ray):
+        with signals_deferred(ray):
             _start_ray(ray, config, address)
         info = _deploy(config, name, address, ray)
         interrupts.raise_if_interrupted()  # a signal Ray swallowed while deploying
@@ -146,38 +150,6 @@ def _start_ray(ray: Any, config: ServeConfig, address: str | None) -> None:
 
 
 @contextmanager
-def _signals_deferred(ray: Any) -> Iterator[None]:
-    """While ``ray.init`` runs, the first SIGINT or SIGTERM is held until it returns and then
-    raises :class:`Interrupted`; a second one raises at once. Cut short, ``ray.init`` leaves a
-    half-built core worker that can crash the exit, and processes it had not registered yet.
-    ``ray.init`` would also install a SIGTERM handler that calls ``sys.exit(15)`` (exit 15,
-    not 143): kept out, and the handlers in place before come back afterwards."""
-    received: list[int] = []
-
-    def hold(signum: int, frame: FrameType | None) -> None:
-        received.append(signum)
-        if len(received) > 1:
-            raise interrupts.Interrupted(signum)
-
-    previous = {s: signal.getsignal(s) for s in SIGNALS}
-    utils = ray._private.utils  # Ray's own hook for it; absent in another Ray: not patched
-    install = getattr(utils, "set_sigterm_handler", None)
-    for sig in SIGNALS:
-        signal.signal(sig, hold)
-    if install is not None:
-        utils.set_sigterm_handler = lambda handler: None
-    try:
-        yield
-    finally:
-        if install is not None:
-            utils.set_sigterm_handler = install
-        for sig, handler in previous.items():
-            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
-    if received:
-        raise interrupts.Interrupted(received[-1])
-
-
-@contextmanager
 def _proxy_environment(limits: UploadLimits) -> Iterator[None]:
     """The environment the local Ray's processes inherit: Serve's proxy reads every request
     body through :class:`~resnext_deploy.serve.uploads.UploadGate`, within these limits."""
@@ -216,7 +188,7 @@ def _deploy(config: ServeConfig, name: str, address: str | None, ray: Any) -> Se
         )
         serve.run(build_app(config.to_args()), name=name, route_prefix="/")
     except (RayServeException, ray.exceptions.RayError, RuntimeError) as exc:
-        raise ServeError(f"deploying {name} failed: {_cause(exc)}") from None
+        raise ServeError(f"deploying {name} failed: {ray_cause(exc)}") from None
     return ServeInfo(
         model=name,
         url=f"http://{_url_host(config.host)}:{config.port}",
@@ -237,69 +209,10 @@ def _shutdown(app: str, address: str | None) -> None:
         if ray.is_initialized():
             if address is not None:
                 serve.delete(app)  # leave the cluster's other applications alone
-            elif _local_ray_alive():
+            elif local_ray_alive():
                 serve.shutdown()  # drains in-flight requests, then stops the replicas
     finally:
         ray.shutdown(wait_for_processes=address is None)
-
-
-def _local_ray_alive() -> bool:
-    """False when the local Ray's GCS or raylet already exited: a signal sent to the whole
-    process group (``kill -TERM -PGID``) reaches them too, and a graceful Serve shutdown
-    would then wait 30 s for a GCS that is gone."""
-    import psutil
-
-    alive = set()
-    for child in psutil.Process().children():
-        try:
-            if child.status() != psutil.STATUS_ZOMBIE:
-                alive.add(child.name())
-        except psutil.Error:
-            continue
-    return {"gcs_server", "raylet"} <= alive
-
-
-class _LocalProcesses:
-    """The processes a local Ray starts under this one. ``ray.shutdown`` stops those it knows;
-    those it had not registered yet when a signal cut ``ray.init`` short (the GCS, the raylet,
-    its dashboard and runtime-env agents) would stay running and listening. While serving,
-    this process is their subreaper (Linux), so one orphaned by the raylet's end stays ours
-    to stop."""
-
-    def __init__(self) -> None:
-        self.before = {p.pid for p in _descendants()}
-        _set_subreaper(True)
-
-    def end_leftovers(self, grace_s: float = 5.0) -> None:
-        import psutil
-
-        leftovers = [p for p in _descendants() if p.pid not in self.before]
-        for process in leftovers:
-            with suppress(psutil.Error):
-                process.terminate()
-        _, alive = psutil.wait_procs(leftovers, timeout=grace_s)
-        for process in alive:
-            with suppress(psutil.Error):
-                process.kill()
-        psutil.wait_procs(alive, timeout=grace_s)
-        _set_subreaper(False)
-
-
-def _set_subreaper(on: bool) -> None:
-    """``prctl(PR_SET_CHILD_SUBREAPER)``: orphaned descendants are re-parented to this
-    process instead of init. Nothing elsewhere."""
-    if not sys.platform.startswith("linux"):
-        return
-    import ctypes
-
-    with suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, int(on), 0, 0, 0)
-
-
-def _descendants() -> list[Any]:
-    import psutil
-
-    return psutil.Process().children(recursive=True)
 
 
 def _stop_on_signals(stop: threading.Event) -> None:
@@ -318,13 +231,6 @@ def _check_port_free(host: str, port: int) -> None:
             sock.bind((host, port))
         except OSError as exc:
             raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
-
-
-def _cause(exc: BaseException) -> str:
-    """The replica's own error where Ray wraps it (the last ``SomethingError: ...`` line)."""
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    ours = [ln for ln in lines if "Error: " in ln and not ln.startswith("File ")]
-    return (ours[-1] if ours else first_line(exc))[:500]
 
 
 def _url_host(host: str) -> str:

@@ -1,0 +1,220 @@
+"""The Ray Data pipeline of ``predict --ray``: inputs -> decode (tasks) -> inference (an actor
+pool of onnxruntime sessions) -> the ledger's atomic shard files, on a local Ray or a cluster."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from resnext_deploy import interrupts
+from resnext_deploy.batch.config import BatchConfig
+from resnext_deploy.batch.ledger import BatchSummary, Ledger, RunIdentity
+from resnext_deploy.batch.source import Source, read_source
+from resnext_deploy.batch.stages import Inference, decode_batch
+from resnext_deploy.errors import ArtifactError, BatchError, ConfigError, first_line
+from resnext_deploy.predict import Classifier
+from resnext_deploy.preprocess import MAX_RESIZED_PIXELS
+from resnext_deploy.raylocal import LocalProcesses, ray_cause, signals_deferred
+from resnext_deploy.runtime.providers import Provider, SessionConfig
+from resnext_deploy.spec import ModelSpec
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """A run about to start: its inputs, its model (checked) and what is left to do."""
+
+    source: Source
+    model: bytes
+    spec: ModelSpec
+    takes_images: bool
+    ledger: Ledger
+
+    @property
+    def todo(self) -> int:
+        return len(self.ledger.todo())
+
+
+# The largest image a task decodes: predict's bound on the resized image (RGB, float32 once
+# normalised); most are far smaller.
+MAX_DECODED_BYTES = MAX_RESIZED_PIXELS * 3 * 4
+Progress = Callable[[int, int], None]  # (rows done in this run, rows this run must do)
+
+
+def plan_batch(config: BatchConfig) -> BatchPlan:
+    """Read the inputs, check the model (manifest hashes, embedded spec; onnxruntime opens it
+    on the CPU) and open the output folder, before Ray starts. Raises :class:`DataError`,
+    :class:`ArtifactError` or :class:`ConfigError`."""
+    source = read_source(config.source, config.column)
+    with Classifier(config.model) as classifier:
+        path = classifier.path
+        spec, takes_images = classifier.spec, classifier.takes_images
+    assert path is not None
+    model = path.read_bytes()
+    digest = hashlib.sha256(model).hexdigest()
+    entry = classifier.artifact.manifest.files.get(path.name) if classifier.artifact else None
+    if entry is not None and entry.sha256 != digest:
+        raise ArtifactError(f"{path} changed while it was being checked; run again")
+    identity = RunIdentity(
+        model_sha256=digest,
+        source_sha256=source.sha256,
+        inputs=len(source.paths),
+        top_k=config.top_k,
+        shard_size=config.shard_size,
+        model=str(config.model),
+        source=str(config.source),
+    )
+    ledger = Ledger.open(config.out_dir, identity)
+    return BatchPlan(source, model, spec, takes_images, ledger)
+
+
+def predict_on_ray(config: BatchConfig, on_progress: Progress) -> BatchSummary:
+    """``predict --ray``: :func:`plan_batch` (every check before Ray starts), then
+    :func:`run_batch`. Raises :class:`ConfigError` when Ray Data is not installed."""
+    missing = [m for m in ("ray.data", "pyarrow", "pandas") if not _installed(m)]
+    if missing:
+        raise ConfigError(
+            f"predict --ray needs Ray Data ({', '.join(missing)} not installed): "
+            "pip install 'resnext-deploy[batch]'"
+        )
+    return run_batch(config, plan_batch(config), on_progress)
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # a parent package is missing
+        return False
+
+
+def run_batch(config: BatchConfig, plan: BatchPlan, on_progress: Progress) -> BatchSummary:
+    """Classify what ``plan`` has left to do on Ray Data and return the finished run's summary.
+    A signal stops it as :class:`Interrupted` with every finished shard kept (run again to
+    resume). Raises :class:`BatchError` when Ray fails the run."""
+    todo = plan.ledger.todo()
+    if todo:
+        import ray
+        import ray.data
+
+        ours = LocalProcesses() if config.address is None else None
+        try:
+            with signals_deferred(ray):
+                _start_ray(ray, config)
+            _check_resources(ray.cluster_resources(), config)
+            plan.ledger.start()
+            _stream(ray, config, plan, todo, on_progress)
+        finally:
+            try:
+                ray.shutdown()
+            finally:
+                if ours is not None:
+                    ours.end_leftovers()
+    return plan.ledger.finish()
+
+
+def _start_ray(ray: Any, config: BatchConfig) -> None:
+    try:
+        if config.address is None:
+            ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING)
+        else:
+            ray.init(address=config.address, logging_level=logging.WARNING)
+    except SystemExit:
+        raise interrupts.Interrupted() from None
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        where = "a local Ray" if config.address is None else f"the Ray cluster at {config.address}"
+        raise BatchError(f"could not start {where}: {first_line(exc)}") from None
+
+
+def _check_resources(resources: dict[str, float], config: BatchConfig) -> None:
+    """Refuse a run that could never start: an actor that fits on no cluster there is, or
+    that leaves no CPU to decode with (Ray Data would wait for the resources forever)."""
+    cpus, gpus = resources.get("CPU", 0.0), resources.get("GPU", 0.0)
+    if config.cpus_per_actor + 1 > cpus:
+        raise ConfigError(
+            f"an inference actor takes {config.cpus_per_actor:g} CPU(s) and decoding needs 1, "
+            f"but the Ray cluster has {cpus:g}: lower --cpus-per-actor"
+        )
+    if config.actor_gpus > gpus:
+        raise ConfigError(
+            f"an inference actor takes {config.actor_gpus:g} GPU(s) but the Ray cluster has "
+            f"{gpus:g}: lower --gpus-per-actor, or run where Ray sees a GPU"
+        )
+
+
+def _stream(
+    ray: Any, config: BatchConfig, plan: BatchPlan, todo: list[int], on_progress: Progress
+) -> None:
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False  # the command draws its own
+    logging.getLogger("ray.data").setLevel(logging.ERROR)  # failures raise; no chatter
+    paths = plan.source.paths
+    items = [{"index": i, "path": paths[i]} for i in todo]
+    blocks = max(1, min(len(items) // config.batch_size, 1000))
+    dataset = ray.data.from_items(items, override_num_blocks=blocks)
+    dataset = dataset.map_batches(
+        decode_batch,
+        fn_kwargs={"spec": plan.spec, "takes_images": plan.takes_images},
+        batch_size=config.batch_size,
+        batch_format="numpy",
+        num_cpus=1,
+        # What a task holds: the batch it makes, and the images it decodes one at a time. A
+        # stage asking for resources unlike the actors' is not fused into them, so images
+        # decode in tasks, in parallel with inference.
+        memory=_decode_memory(config, plan),
+    )
+    dataset = dataset.map_batches(
+        _RayInference,
+        fn_constructor_kwargs={
+            # Nested, so the actor's arguments stay small and inline: Ray keeps the model
+            # alive for restarts and each actor fetches it from the object store once.
+            "model": (ray.put(plan.model),),
+            "spec": plan.spec,
+            "session": _session(config),
+            "top_k": config.top_k,
+            "model_sha256": plan.ledger.identity.model_sha256,
+        },
+        batch_size=config.batch_size,
+        batch_format="numpy",
+        # From one actor up to --actors as CPUs allow beside the decode tasks (a pool that
+        # took every CPU at once would leave none to decode with, and wait forever); and back
+        # to one when a node is lost for good.
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=config.actors),
+        num_cpus=config.cpus_per_actor,
+        num_gpus=config.actor_gpus,
+    )
+    done = 0
+    on_progress(0, len(todo))
+    try:
+        for table in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
+            done += plan.ledger.add(table)
+            on_progress(done, len(todo))
+    except ray.exceptions.RayError as exc:
+        interrupts.raise_if_interrupted()
+        raise BatchError(
+            f"Ray Data failed the run: {ray_cause(exc)} (finished shards are kept; "
+            "run the same command again to resume)"
+        ) from None
+
+
+def _decode_memory(config: BatchConfig, plan: BatchPlan) -> int:
+    side = plan.spec.input_size
+    batch = config.batch_size * side * side * 3 * (1 if plan.takes_images else 4)
+    return 2 * batch + MAX_DECODED_BYTES
+
+
+def _session(config: BatchConfig) -> SessionConfig:
+    threads = config.session_threads if config.provider is Provider.CPU else None
+    return SessionConfig(provider=config.provider, intra_op_threads=threads)
+
+
+class _RayInference(Inference):
+    """:class:`Inference` whose model arrives through Ray's object store (sent once)."""
+
+    def __init__(self, model: Any, **kwargs: Any) -> None:
+        import ray
+
+        data = model if isinstance(model, bytes) else ray.get(model[0])
+        super().__init__(data, **kwargs)
