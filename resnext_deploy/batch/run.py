@@ -103,9 +103,10 @@ def run_batch(config: BatchConfig, plan: BatchPlan, on_progress: Progress) -> Ba
         try:
             with signals_deferred(ray):
                 _start_ray(ray, config)
-            _check_resources(ray.cluster_resources(), config)
+            resources = ray.cluster_resources()
+            _check_resources(resources, config)
             plan.ledger.start()
-            _stream(ray, config, plan, todo, on_progress)
+            _stream(ray, config, plan, todo, _initial_actors(resources, config), on_progress)
         finally:
             try:
                 ray.shutdown()
@@ -144,8 +145,22 @@ def _check_resources(resources: dict[str, float], config: BatchConfig) -> None:
         )
 
 
+def _initial_actors(resources: dict[str, float], config: BatchConfig) -> int:
+    """As many actors as ``--actors`` asks and the cluster's CPUs hold beside one decode task
+    (a pool that took every CPU at once would leave none to decode with, and wait forever)."""
+    fit = int((resources.get("CPU", 0.0) - 1) // config.cpus_per_actor)
+    if config.actor_gpus:
+        fit = min(fit, int(resources.get("GPU", 0.0) // config.actor_gpus))
+    return max(1, min(config.actors, fit))
+
+
 def _stream(
-    ray: Any, config: BatchConfig, plan: BatchPlan, todo: list[int], on_progress: Progress
+    ray: Any,
+    config: BatchConfig,
+    plan: BatchPlan,
+    todo: list[int],
+    actors: int,
+    on_progress: Progress,
 ) -> None:
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False  # the command draws its own
@@ -178,10 +193,9 @@ def _stream(
         },
         batch_size=config.batch_size,
         batch_format="numpy",
-        # From one actor up to --actors as CPUs allow beside the decode tasks (a pool that
-        # took every CPU at once would leave none to decode with, and wait forever); and back
-        # to one when a node is lost for good.
-        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=config.actors),
+        # Starts with the actors that fit beside decoding, grows to --actors if the cluster
+        # grows, and may shrink to one when a node is lost for good.
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=config.actors, initial_size=actors),
         num_cpus=config.cpus_per_actor,
         num_gpus=config.actor_gpus,
     )
@@ -191,6 +205,12 @@ def _stream(
         for table in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
             done += plan.ledger.add(table)
             on_progress(done, len(todo))
+    except ray.data.exceptions.ExecutionTimeoutError:
+        raise BatchError(
+            f"Ray Data made no progress for {context.execution_no_progress_timeout_s:g} s: the "
+            "cluster may lack the CPUs for the actors and the decode tasks at once (finished "
+            "shards are kept; run the same command again to resume)"
+        ) from None
     except ray.exceptions.RayError as exc:
         interrupts.raise_if_interrupted()
         raise BatchError(

@@ -1,7 +1,7 @@
-"""predict --ray on a three-node Ray cluster made on this machine (Ray's own
-``ray.cluster_utils.Cluster``): inference actors on two nodes; one actor killed, then a worker
-node removed for good, mid-run; the run still finishes with every image exactly once and the
-same answers as a run nothing happened to."""
+"""predict --ray on a four-node Ray cluster made on this machine (Ray's own
+``ray.cluster_utils.Cluster``): two inference actors, necessarily on two nodes (one CPU each);
+one actor killed, then a worker node holding one removed for good, mid-run; the run still
+finishes with every image exactly once and the same answers as a run nothing happened to."""
 
 from __future__ import annotations
 
@@ -40,13 +40,14 @@ def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def cluster() -> Iterator[Any]:
-    """A head with 2 CPUs (decoding) and two 1-CPU worker nodes."""
+    """Four nodes of one CPU each: whichever two hold the actors, a lost one leaves CPUs for
+    the restarted actor and a decode task."""
     from ray.cluster_utils import Cluster
 
-    made = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
+    made = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
     try:
-        made.add_node(num_cpus=1)
-        made.add_node(num_cpus=1)
+        for _ in range(3):
+            made.add_node(num_cpus=1)
         yield made
     finally:
         made.shutdown()

@@ -142,3 +142,22 @@ def test_opening_writes_nothing_until_the_run_starts(tmp_path: Path) -> None:
     ledger = Ledger.open(tmp_path / "out", identity())
     assert not (tmp_path / "out").exists()
     assert ledger.todo() == list(range(INPUTS))
+
+
+@pytest.mark.parametrize(
+    ("cpus", "actors", "per_actor", "expected"),
+    [(2, 2, 1.0, 1), (4, 2, 1.0, 2), (16, 4, 1.0, 4), (8, 8, 2.0, 3), (1.5, 3, 0.5, 1)],
+)
+def test_the_pool_starts_with_the_actors_that_leave_a_cpu_to_decode_with(
+    cpus: float, actors: int, per_actor: float, expected: int
+) -> None:
+    """Two actors of 1 CPU on a 2-CPU machine would take both CPUs and wait forever for a
+    decode task: the pool starts with one there."""
+    from resnext_deploy.batch.config import BatchConfig
+    from resnext_deploy.batch.run import _initial_actors
+
+    config = BatchConfig(
+        model=Path("m"), source=Path("s"), out_dir=Path("o"), actors=actors,
+        cpus_per_actor=per_actor,
+    )  # fmt: skip
+    assert _initial_actors({"CPU": cpus}, config) == expected
