@@ -4,6 +4,7 @@ Shared by ``serve`` and ``predict --ray``; imports Ray only inside its functions
 
 from __future__ import annotations
 
+import logging
 import signal
 import sys
 from collections.abc import Iterator
@@ -12,7 +13,7 @@ from types import FrameType
 from typing import Any
 
 from resnext_deploy import interrupts
-from resnext_deploy.errors import first_line
+from resnext_deploy.errors import DeployError, first_line
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 PR_SET_CHILD_SUBREAPER = 36  # <linux/prctl.h>
@@ -107,6 +108,35 @@ def _descendants() -> list[Any]:
     import psutil
 
     return psutil.Process().children(recursive=True)
+
+
+def start_ray(
+    ray: Any, address: str | None, error: type[DeployError], **local_options: Any
+) -> None:
+    """``ray.init``: a new local Ray when ``address`` is None (never one that ``ray start`` left
+    running: plain ``ray.init()`` would join /tmp/ray/ray_current_cluster), started with
+    ``local_options``; else join the cluster at ``address``. Raises :class:`Interrupted` when
+    Ray's own SIGTERM handler ends in ``sys.exit``, and ``error`` saying why Ray could not start
+    or be reached."""
+    try:
+        if address is None:
+            ray.init(
+                address="local",
+                include_dashboard=False,
+                logging_level=logging.WARNING,
+                **local_options,
+            )
+        else:
+            ray.init(address=address, logging_level=logging.WARNING)
+    except SystemExit:
+        raise interrupts.Interrupted(signal.SIGTERM) from None
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        if address is None:
+            raise error(f"could not start a local Ray: {first_line(exc)}") from None
+        raise error(
+            f"could not connect to the Ray cluster at {address}: {first_line(exc)} (a cluster "
+            "with token authentication also needs RAY_AUTH_MODE=token and its token)"
+        ) from None
 
 
 def ray_cause(exc: BaseException) -> str:

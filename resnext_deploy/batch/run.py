@@ -15,10 +15,10 @@ from resnext_deploy.batch.config import BatchConfig
 from resnext_deploy.batch.ledger import BatchSummary, Ledger, RunIdentity
 from resnext_deploy.batch.source import Source, read_source
 from resnext_deploy.batch.stages import Inference, decode_batch
-from resnext_deploy.errors import ArtifactError, BatchError, ConfigError, first_line
+from resnext_deploy.errors import ArtifactError, BatchError, ConfigError
 from resnext_deploy.predict import Classifier
 from resnext_deploy.preprocess import MAX_RESIZED_PIXELS
-from resnext_deploy.raylocal import LocalProcesses, ray_cause, signals_deferred
+from resnext_deploy.raylocal import LocalProcesses, ray_cause, signals_deferred, start_ray
 from resnext_deploy.runtime.providers import Provider, SessionConfig
 from resnext_deploy.spec import ModelSpec
 
@@ -32,10 +32,6 @@ class BatchPlan:
     spec: ModelSpec
     takes_images: bool
     ledger: Ledger
-
-    @property
-    def todo(self) -> int:
-        return len(self.ledger.todo())
 
 
 # The largest image a task decodes: predict's bound on the resized image (RGB, float32 once
@@ -102,7 +98,7 @@ def run_batch(config: BatchConfig, plan: BatchPlan, on_progress: Progress) -> Ba
         ours = LocalProcesses() if config.address is None else None
         try:
             with signals_deferred(ray):
-                _start_ray(ray, config)
+                start_ray(ray, config.address, BatchError)
             resources = ray.cluster_resources()
             _check_resources(resources, config)
             plan.ledger.start()
@@ -114,19 +110,6 @@ def run_batch(config: BatchConfig, plan: BatchPlan, on_progress: Progress) -> Ba
                 if ours is not None:
                     ours.end_leftovers()
     return plan.ledger.finish()
-
-
-def _start_ray(ray: Any, config: BatchConfig) -> None:
-    try:
-        if config.address is None:
-            ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING)
-        else:
-            ray.init(address=config.address, logging_level=logging.WARNING)
-    except SystemExit:
-        raise interrupts.Interrupted() from None
-    except (ConnectionError, RuntimeError, ValueError) as exc:
-        where = "a local Ray" if config.address is None else f"the Ray cluster at {config.address}"
-        raise BatchError(f"could not start {where}: {first_line(exc)}") from None
 
 
 def _check_resources(resources: dict[str, float], config: BatchConfig) -> None:
@@ -162,43 +145,11 @@ def _stream(
     actors: int,
     on_progress: Progress,
 ) -> None:
+    """Run the pipeline over the inputs ``todo``, every result row into the ledger."""
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False  # the command draws its own
     logging.getLogger("ray.data").setLevel(logging.ERROR)  # failures raise; no chatter
-    paths = plan.source.paths
-    items = [{"index": i, "path": paths[i]} for i in todo]
-    blocks = max(1, min(len(items) // config.batch_size, 1000))
-    dataset = ray.data.from_items(items, override_num_blocks=blocks)
-    dataset = dataset.map_batches(
-        decode_batch,
-        fn_kwargs={"spec": plan.spec, "takes_images": plan.takes_images},
-        batch_size=config.batch_size,
-        batch_format="numpy",
-        num_cpus=1,
-        # What a task holds: the batch it makes, and the images it decodes one at a time. A
-        # stage asking for resources unlike the actors' is not fused into them, so images
-        # decode in tasks, in parallel with inference.
-        memory=_decode_memory(config, plan),
-    )
-    dataset = dataset.map_batches(
-        _RayInference,
-        fn_constructor_kwargs={
-            # Nested, so the actor's arguments stay small and inline: Ray keeps the model
-            # alive for restarts and each actor fetches it from the object store once.
-            "model": (ray.put(plan.model),),
-            "spec": plan.spec,
-            "session": _session(config),
-            "top_k": config.top_k,
-            "model_sha256": plan.ledger.identity.model_sha256,
-        },
-        batch_size=config.batch_size,
-        batch_format="numpy",
-        # Starts with the actors that fit beside decoding, grows to --actors if the cluster
-        # grows, and may shrink to one when a node is lost for good.
-        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=config.actors, initial_size=actors),
-        num_cpus=config.cpus_per_actor,
-        num_gpus=config.actor_gpus,
-    )
+    dataset = _pipeline(ray, config, plan, todo, actors)
     done = 0
     on_progress(0, len(todo))
     try:
@@ -219,6 +170,44 @@ def _stream(
         ) from None
 
 
+def _pipeline(ray: Any, config: BatchConfig, plan: BatchPlan, todo: list[int], actors: int) -> Any:
+    """The inputs ``todo`` -> decode tasks -> the pool of ``actors`` (up to ``--actors``)."""
+    paths = plan.source.paths
+    items = [{"index": i, "path": paths[i]} for i in todo]
+    blocks = max(1, min(len(items) // config.batch_size, 1000))
+    dataset = ray.data.from_items(items, override_num_blocks=blocks)
+    dataset = dataset.map_batches(
+        decode_batch,
+        fn_kwargs={"spec": plan.spec, "takes_images": plan.takes_images},
+        batch_size=config.batch_size,
+        batch_format="numpy",
+        num_cpus=1,
+        # What a task holds: the batch it makes, and the images it decodes one at a time. A
+        # stage asking for resources unlike the actors' is not fused into them, so images
+        # decode in tasks, in parallel with inference.
+        memory=_decode_memory(config, plan),
+    )
+    return dataset.map_batches(
+        _RayInference,
+        fn_constructor_kwargs={
+            # Nested, so the actor's arguments stay small and inline: Ray keeps the model
+            # alive for restarts and each actor fetches it from the object store once.
+            "model": (ray.put(plan.model),),
+            "spec": plan.spec,
+            "session": _session(config),
+            "top_k": config.top_k,
+            "model_sha256": plan.ledger.identity.model_sha256,
+        },
+        batch_size=config.batch_size,
+        batch_format="numpy",
+        # Starts with the actors that fit beside decoding, grows to --actors if the cluster
+        # grows, and may shrink to one when a node is lost for good.
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=config.actors, initial_size=actors),
+        num_cpus=config.cpus_per_actor,
+        num_gpus=config.actor_gpus,
+    )
+
+
 def _decode_memory(config: BatchConfig, plan: BatchPlan) -> int:
     side = plan.spec.input_size
     batch = config.batch_size * side * side * 3 * (1 if plan.takes_images else 4)
@@ -233,8 +222,7 @@ def _session(config: BatchConfig) -> SessionConfig:
 class _RayInference(Inference):
     """:class:`Inference` whose model arrives through Ray's object store (sent once)."""
 
-    def __init__(self, model: Any, **kwargs: Any) -> None:
+    def __init__(self, model: tuple[Any], **kwargs: Any) -> None:
         import ray
 
-        data = model if isinstance(model, bytes) else ray.get(model[0])
-        super().__init__(data, **kwargs)
+        super().__init__(ray.get(model[0]), **kwargs)

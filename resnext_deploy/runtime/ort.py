@@ -34,7 +34,6 @@ from resnext_deploy.runtime.placement import Placement, read_placement
 from resnext_deploy.runtime.providers import ORT_NAMES, Provider, SessionConfig, create_session
 from resnext_deploy.runtime.tensorrt import TensorRTEngine, TensorRTProfile, resolve_engine
 from resnext_deploy.spec import SPEC_KEY, ModelSpec
-from resnext_deploy.validate import parse_json
 
 GPU_GRAPH_ID = "gpu_graph_id"
 
@@ -294,9 +293,8 @@ class OrtRunner(Runner):
         if SPEC_KEY not in meta:
             raise ArtifactError(f"{self.source} carries no resnext-deploy spec in its metadata")
         what = f"the spec in {self.source}'s metadata"
-        data = parse_json(meta[SPEC_KEY], what, ArtifactError)
         try:
-            spec = ModelSpec.from_dict(data)
+            spec = ModelSpec.from_json(meta[SPEC_KEY])
         except (ArtifactError, ConfigError) as exc:
             raise ArtifactError(f"{what} is invalid: {exc}") from None
         if expected is not None and spec != expected:

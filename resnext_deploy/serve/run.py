@@ -16,7 +16,7 @@ from types import FrameType
 from typing import Any
 
 from resnext_deploy import interrupts
-from resnext_deploy.errors import ConfigError, ServeError, first_line
+from resnext_deploy.errors import ConfigError, ServeError
 from resnext_deploy.fileio import atomic_write_text, check_writable_dir
 from resnext_deploy.raylocal import (
     SIGNALS,
@@ -24,6 +24,7 @@ from resnext_deploy.raylocal import (
     local_ray_alive,
     ray_cause,
     signals_deferred,
+    start_ray,
 )
 from resnext_deploy.runtime.providers import Provider, check_provider
 from resnext_deploy.serve.config import IMPORT_PATH, ServeConfig
@@ -124,29 +125,11 @@ def check_model(config: ServeConfig) -> str:
 
 
 def _start_ray(ray: Any, config: ServeConfig, address: str | None) -> None:
-    try:
-        if address is None:
-            with _proxy_environment(UploadLimits.of(config)):
-                ray.init(
-                    # "local": a new Ray even when `ray start` left a cluster on this machine
-                    # (plain ray.init() would join the one in /tmp/ray/ray_current_cluster).
-                    address="local",
-                    include_dashboard=False,
-                    _metrics_export_port=config.metrics_port,
-                    logging_level=logging.WARNING,
-                )
-        else:
-            ray.init(address=address, logging_level=logging.WARNING)
-    except SystemExit:
-        # Ray's own SIGTERM handlers end in sys.exit, should one have been installed after all.
-        raise interrupts.Interrupted(signal.SIGTERM) from None
-    except (ConnectionError, RuntimeError, ValueError) as exc:
-        if address is None:
-            raise ServeError(f"could not start a local Ray: {first_line(exc)}") from None
-        raise ServeError(
-            f"could not connect to the Ray cluster at {address}: {first_line(exc)} (a cluster "
-            "with token authentication also needs RAY_AUTH_MODE=token and its token)"
-        ) from None
+    if address is None:
+        with _proxy_environment(UploadLimits.of(config)):
+            start_ray(ray, None, ServeError, _metrics_export_port=config.metrics_port)
+    else:
+        start_ray(ray, address, ServeError)
 
 
 @contextmanager
