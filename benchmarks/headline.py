@@ -10,7 +10,9 @@ from pathlib import Path
 
 from resnext_deploy.bench.report import BenchReport, load_report
 
-DEPLOYED = ("torchscript", "torchscript-optimized", "onnxruntime-cpu")
+# OpenVINO is a deployment engine (``--engine openvino``): its row, openvino-cpu, is deployed.
+# Reports written before it was one name the same row openvino-f32, a peer then.
+DEPLOYED = ("torchscript", "torchscript-optimized", "onnxruntime-cpu", "openvino-cpu")
 PEERS = ("torch-compile", "openvino-f32", "openvino-default")
 
 

@@ -10,6 +10,7 @@ from resnext_deploy.artifact import (
     Tolerance,
     Variant,
     open_artifact,
+    record_recommendation,
 )
 from resnext_deploy.bench.backends import DEFAULT_BACKENDS, BenchBackend
 from resnext_deploy.bench.report import BenchReport, load_report
@@ -37,7 +38,10 @@ from resnext_deploy.models.checkpoint import LoadOptions, load_model, read_check
 from resnext_deploy.models.registry import ARCHS, build_model, describe
 from resnext_deploy.parity import ParityReport
 from resnext_deploy.predict import Classifier
+from resnext_deploy.recommendation import Engine, EngineChoice, Pick, Recommendation
 from resnext_deploy.runtime.base import BoundCall, Runner
+from resnext_deploy.runtime.engines import open_runner
+from resnext_deploy.runtime.openvino import OpenVinoConfig, OpenVinoRunner
 from resnext_deploy.runtime.ort import OrtRunner
 from resnext_deploy.runtime.providers import (
     CudaOptions,
@@ -73,18 +77,24 @@ __all__ = [
     "DataError",
     "DeployError",
     "EagerRunner",
+    "Engine",
+    "EngineChoice",
     "ExportConfig",
     "ExportError",
     "ExportResult",
     "LoadOptions",
     "Manifest",
     "ModelSpec",
+    "OpenVinoConfig",
+    "OpenVinoRunner",
     "OrtRunner",
     "ParityError",
     "ParityReport",
+    "Pick",
     "Precision",
     "Provider",
     "ProviderUnavailableError",
+    "Recommendation",
     "Runner",
     "SessionConfig",
     "TensorRTOptions",
@@ -104,7 +114,9 @@ __all__ = [
     "load_model",
     "load_report",
     "open_artifact",
+    "open_runner",
     "read_checkpoint",
+    "record_recommendation",
     "run_benchmark",
     "verify_artifact",
     "write_site",

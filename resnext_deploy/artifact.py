@@ -16,13 +16,14 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from resnext_deploy.errors import ArtifactError, ConfigError
 from resnext_deploy.fileio import atomic_write_text, sha256_of
+from resnext_deploy.recommendation import Pick, Recommendation
 from resnext_deploy.spec import ModelSpec
 from resnext_deploy.validate import load_json, regular_file
 
@@ -183,12 +184,14 @@ class FileEntry:
 
 @dataclass(frozen=True)
 class Manifest:
-    """``manifest.json``: the spec, tool versions and every artifact's sha256 and size."""
+    """``manifest.json``: the spec, tool versions and every artifact's sha256 and size; and,
+    once measured, which engine runs which variant fastest (``recommendation``)."""
 
     spec: ModelSpec
     versions: dict[str, str]
     files: dict[str, FileEntry]
     format: int = FORMAT_VERSION
+    recommendation: Recommendation | None = None
 
     @classmethod
     def build(
@@ -210,7 +213,7 @@ class Manifest:
             "spec": self.spec.to_dict(),
             "versions": self.versions,
             "files": {n: {"sha256": e.sha256, "bytes": e.bytes} for n, e in self.files.items()},
-        }
+        } | ({"recommendation": self.recommendation.to_dict()} if self.recommendation else {})
 
     def write(self, directory: Path) -> Path:
         return atomic_write_text(directory / MANIFEST_FILE, json.dumps(self.to_dict(), indent=2))
@@ -261,7 +264,10 @@ class Manifest:
                 f"{path}: export format {fmt!r} is not one this resnext-deploy reads "
                 f"(1..{FORMAT_VERSION}); export again, or upgrade resnext-deploy"
             )
-        return cls(parsed_spec, {str(k): str(v) for k, v in versions.items()}, entries, fmt)
+        raw = data.get("recommendation")
+        recommendation = None if raw is None else Recommendation.from_dict(raw)
+        versions = {str(k): str(v) for k, v in versions.items()}
+        return cls(parsed_spec, versions, entries, fmt, recommendation)
 
     def check(self, directory: Path, *, hashes: bool = True) -> list[str]:
         """Check completeness and integrity; return the files on disk the manifest leaves out.
@@ -282,6 +288,15 @@ class Manifest:
             for p in directory.iterdir()
             if p.name not in self.files and p.name != MANIFEST_FILE
         )
+
+
+def record_recommendation(artifact: Artifact, recommendation: Recommendation) -> Path:
+    """Write ``recommendation`` into the export's manifest (atomically, every other field as
+    it was): what ``--engine auto`` follows. Every pick must name a variant the export holds."""
+    for pick in recommendation.picks.values():
+        artifact.require(Variant(pick.variant))
+    manifest = Manifest.read(artifact.path)  # as on disk now, not as it was opened
+    return replace(manifest, recommendation=recommendation).write(artifact.path)
 
 
 def check_file(path: Path, entry: FileEntry, *, hashes: bool = True) -> None:
@@ -329,6 +344,19 @@ class Artifact:
     def variants(self) -> tuple[Variant, ...]:
         """The ONNX variants this export holds, fp32 first."""
         return tuple(v for v in Variant if self.has(v))
+
+    def recommended(self, batch_size: int) -> tuple[int, Pick]:
+        """What ``--engine auto`` runs for batches of ``batch_size``: the recorded pick (see
+        :meth:`Recommendation.for_batch`) with the batch size it was measured at. Raises
+        :class:`ConfigError` when nothing was measured: ``auto`` never guesses."""
+        record = self.manifest.recommendation
+        if record is None:
+            raise ConfigError(
+                f"--engine auto runs what {self.path / MANIFEST_FILE} records as measured "
+                "fastest, and it records nothing yet: measure it with 'resnext-deploy bench "
+                "EXPORT --engines --record' on the machine that will run it, or name an engine"
+            )
+        return record.for_batch(batch_size)
 
     def require(self, variant: Variant) -> Path:
         """The file of ``variant``; raises :class:`ArtifactError` if the export lacks it."""

@@ -1,4 +1,5 @@
-"""Classify images with an exported ONNX model using only onnxruntime, numpy and Pillow.
+"""Classify images with an exported ONNX model using only onnxruntime (or OpenVINO), numpy and
+Pillow.
 
 This module never imports torch: it is what a service without PyTorch runs, and the reference for
 embedding the model in another language. Preprocessing comes from the model's own metadata.
@@ -12,11 +13,13 @@ from pathlib import Path
 
 import numpy as np
 
-from resnext_deploy.artifact import open_model_file
-from resnext_deploy.errors import ArtifactError, DataError, DeployError
+from resnext_deploy.artifact import Variant, open_model_file
+from resnext_deploy.errors import ArtifactError, ConfigError, DataError, DeployError
+from resnext_deploy.machine.cpu import cpu_info
 from resnext_deploy.preprocess import list_images, load_image, preprocess, resize_and_crop
-from resnext_deploy.runtime.ort import OrtRunner
-from resnext_deploy.runtime.providers import SessionConfig
+from resnext_deploy.recommendation import Engine, EngineChoice, Pick
+from resnext_deploy.runtime.engines import open_runner
+from resnext_deploy.runtime.providers import Provider, SessionConfig
 from resnext_deploy.spec import ModelSpec
 from resnext_deploy.validate import check_int, regular_file
 
@@ -66,7 +69,8 @@ class Classifier:
     ``model`` is an ONNX file or an export folder; a file of an export (the folder, or a file in
     a folder holding a manifest) is checked against the manifest first (``artifact``). The graph
     with the preprocessing inside (uint8 images in) is fed resized images; the others the
-    normalised batch.
+    normalised batch. ``engine`` runs it: onnxruntime on ``session``'s provider, or OpenVINO on
+    the CPU with ``session``'s threads.
     """
 
     def __init__(
@@ -74,6 +78,7 @@ class Classifier:
         model: str | Path | bytes,
         session: SessionConfig = SessionConfig(),
         spec: ModelSpec | None = None,
+        engine: Engine = Engine.ONNXRUNTIME,
     ) -> None:
         """``model`` may also be the bytes of an ONNX file (one an export's manifest vouched
         for, sent to another process), with the ``spec`` it must embed."""
@@ -84,7 +89,8 @@ class Classifier:
             self.path, self.artifact = open_model_file(model)
             _check_model_path(self.path)
             spec = self.artifact.spec if self.artifact else spec
-        self.runner = OrtRunner(model if self.path is None else self.path, session)
+        self.engine = engine
+        self.runner = open_runner(model if self.path is None else self.path, engine, session)
         try:
             self.spec = self.runner.embedded_spec(spec)
         except DeployError:
@@ -121,6 +127,69 @@ class Classifier:
         self, images: list[np.ndarray], names: list[str], top_k: int = 5
     ) -> list[Prediction]:
         return top_predictions(self.probabilities(images), self.labels, names, top_k)
+
+
+@dataclass(frozen=True)
+class EngineDecision:
+    """What runs: the ``model`` file (or folder) on ``engine``. With ``--engine auto`` also the
+    recorded ``pick``, the batch size it was measured at and the CPU it was measured on."""
+
+    model: str | Path
+    engine: Engine
+    pick: Pick | None = None
+    measured_batch: int | None = None
+    measured_on: str | None = None
+
+    def notes(self) -> list[str]:
+        """What ``auto`` chose and why, and a warning when it was measured on another CPU."""
+        if self.pick is None:
+            return []
+        lines = [
+            f"engine auto: {self.engine.value} runs the {self.pick.variant} variant, measured "
+            f"fastest at batch {self.measured_batch} ({self.pick.p50_ms:.1f} ms) on "
+            f"{self.measured_on}"
+        ]
+        here = cpu_info().label
+        if self.measured_on != here:
+            lines.append(
+                f"warning: that was measured on {self.measured_on}, and this machine is {here}; "
+                "measure again here (bench --engines --record) to choose by this machine"
+            )
+        return lines
+
+
+def choose_engine(
+    model: str | Path, choice: EngineChoice, batch_size: int, provider: Provider = Provider.CPU
+) -> EngineDecision:
+    """The file and engine ``choice`` means for ``model``: an engine named runs ``model`` as
+    given; ``auto`` runs the variant and engine the export's manifest records as fastest for
+    ``batch_size`` (:meth:`~resnext_deploy.artifact.Artifact.recommended`). Raises
+    :class:`ConfigError` for ``auto`` without an export folder or without a record, and for
+    ``auto`` with a GPU provider (the record is the CPU's)."""
+    engine = choice.engine
+    if engine is not None:
+        return EngineDecision(model, engine)
+    if provider is not Provider.CPU:
+        raise ConfigError(
+            "--engine auto follows what was measured on the CPU; with --provider "
+            f"{provider.value} name the engine (onnxruntime)"
+        )
+    folder = Path(model)
+    _, artifact = open_model_file(folder)
+    if artifact is None or not folder.is_dir():
+        raise ConfigError(
+            "--engine auto chooses the export's file and engine from its manifest: pass the "
+            f"export folder, not {model}"
+        )
+    measured, pick = artifact.recommended(batch_size)
+    record = artifact.manifest.recommendation
+    return EngineDecision(
+        artifact.require(Variant(pick.variant)),
+        pick.engine,
+        pick,
+        measured,
+        record.cpu if record else None,
+    )
 
 
 def model_input(images: list[np.ndarray], spec: ModelSpec, takes_images: bool) -> np.ndarray:

@@ -16,8 +16,10 @@ from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.table import Column, Table
+from rich.text import Text
 
 from resnext_deploy.bench.compare import Change
+from resnext_deploy.bench.files import gate_mark, pick_text
 from resnext_deploy.bench.report import BenchReport
 from resnext_deploy.doctor.report import DoctorReport
 from resnext_deploy.inspect_model import ModelInfo
@@ -34,6 +36,7 @@ if TYPE_CHECKING:
     from resnext_deploy.batch.ledger import BatchSummary
     from resnext_deploy.bench.harness import Measurement
     from resnext_deploy.bench.profile import ProfileReport
+    from resnext_deploy.bench.recommend import RecordedRun
     from resnext_deploy.bench.run import BenchRun
     from resnext_deploy.export.pipeline import ExportResult
     from resnext_deploy.export.quantize import Int8Result
@@ -130,6 +133,13 @@ def print_export(console: Console, result: ExportResult) -> None:
     if result.int8:
         console.print(f"int8: {int8_summary(result.int8)}", highlight=False)
         print_int8_choice(console, result.int8)
+        if result.openvino_int8:
+            layers = result.openvino_int8
+            console.print(
+                f"int8 on OpenVINO: {layers.int8_convs} convolutions run in int8, "
+                f"{layers.other_convs} in another precision (its compiled runtime model)",
+                highlight=False,
+            )
     console.print(
         styled("exported", "green"),
         f"{result.spec.arch} ({result.spec.num_classes} classes) to {result.out_dir}",
@@ -274,6 +284,7 @@ def print_bench(console: Console, report: BenchReport) -> None:
         failure = styled(f"{m.backend} batch {m.batch_size}: {m.status.value}", "red")
         console.print(failure, m.error, highlight=False)
     _print_bench_findings(console, report)
+    _print_gate(console, report)
     placed = [d for d in report.backends if "placement" in d]
     print_placements(console, {d["name"]: Placement.from_dict(d["placement"]) for d in placed})
     _print_engines(console, report)
@@ -289,15 +300,18 @@ def _bench_table(report: BenchReport) -> tuple[Table, list[Measurement]]:
     has_e2e = any(m.end_to_end for m in report.results)
     cols = ["backend", "batch", "p50 ms", "p90 ms", "img/s", "x eager"]
     cols += ["e2e p50 ms"] if has_e2e else []
-    for col in [*cols, "1st ms"]:
+    for col in [*cols, "1st ms", *(["gate"] if report.gate else [])]:
         table.add_column(col, justify="left" if col == "backend" else "right", no_wrap=True)
     failed = []
     for m in report.results:
         s = m.stats
+        gate = [_gate_cell(report, m.backend)] if report.gate else []
         if s is None:
             failed.append(m)
             blanks = [""] * (len(cols) - 2)
-            table.add_row(m.backend, str(m.batch_size), styled(m.status.value, "red"), *blanks)
+            table.add_row(
+                m.backend, str(m.batch_size), styled(m.status.value, "red"), *blanks, *gate
+            )
             continue
         speed = f"{m.speedup_vs_eager:.2f}" if m.speedup_vs_eager else ""
         e2e = [f"{m.end_to_end.p50_ms:.2f}" if m.end_to_end else ""] if has_e2e else []
@@ -310,8 +324,36 @@ def _bench_table(report: BenchReport) -> tuple[Table, list[Measurement]]:
             speed,
             *e2e,
             f"{m.first_call_ms or 0:.0f}",
+            *gate,
         )
     return table, failed
+
+
+def _gate_cell(report: BenchReport, backend: str) -> str | Text:
+    mark = gate_mark(report.gate_result(backend))
+    return styled(mark, "red") if mark == "FAIL" else mark
+
+
+def _print_gate(console: Console, report: BenchReport) -> None:
+    """``--engines``: the rows that failed the accuracy gate and why, then the fastest passing
+    engine x variant per batch size."""
+    if not report.gate:
+        return
+    for g in report.gate:
+        if not g.passed:
+            console.print(
+                styled(f"{g.backend}: failed the accuracy gate, never recommended:", "red"),
+                g.reason,
+                highlight=False,
+            )
+    if not report.recommended:
+        console.print(styled("no engine x variant passed the accuracy gate", "red"))
+        return
+    picks = ", ".join(pick_text(b, p) for b, p in report.recommended.items())
+    console.print(
+        f"fastest deployable engine x variant (passed the accuracy gate): {picks}",
+        highlight=False,
+    )
 
 
 def _print_bench_findings(console: Console, report: BenchReport) -> None:
@@ -665,6 +707,19 @@ def print_bench_run(out: Console, err: Console, run: BenchRun, tables: bool = Tr
             print_profile(out, run.profile)
     if run.profile_files:
         print_written(err, run.profile_files)
+
+
+def print_recorded(console: Console, recorded: RecordedRun) -> None:
+    """What ``bench --record`` wrote into the export's manifest."""
+    r = recorded.recommendation
+    picks = ", ".join(pick_text(b, p) for b, p in sorted(r.picks.items()))
+    console.print(
+        styled("recorded", "green"),
+        f"in {recorded.manifest} (what --engine auto runs): {picks}; measured on {r.cpu}, "
+        f"{r.threads} threads, {r.measured_at}",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 def print_site(console: Console, site: WebSite) -> None:

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from torch import nn
@@ -20,6 +21,7 @@ from resnext_deploy.artifact import (
     Variant,
 )
 from resnext_deploy.errors import (
+    ArtifactError,
     ConfigError,
     DataError,
     DeployError,
@@ -29,6 +31,7 @@ from resnext_deploy.errors import (
 )
 from resnext_deploy.parity import ParityInput, ParityReport, compare, random_inputs
 from resnext_deploy.preprocess import load_image, normalize, preprocess
+from resnext_deploy.recommendation import Engine
 from resnext_deploy.runtime.base import Runner
 from resnext_deploy.runtime.providers import (
     CudaOptions,
@@ -38,6 +41,9 @@ from resnext_deploy.runtime.providers import (
 )
 from resnext_deploy.spec import ModelSpec
 from resnext_deploy.validate import check_int
+
+if TYPE_CHECKING:
+    from resnext_deploy.runtime.openvino import OpenVinoRunner
 
 DEFAULT_BATCH_SIZES = (1, 2, 3, 8)
 MAX_BATCH_SIZE = 1024  # a parity batch runs eager, TorchScript and onnxruntime at once
@@ -52,7 +58,9 @@ class VerifyConfig:
     """Which inputs to compare on and which providers to include.
 
     ``providers`` lists the onnxruntime providers that must run; ``auto_cuda`` also tries CUDA and
-    records why it was skipped when the machine has no usable GPU.
+    records why it was skipped when the machine has no usable GPU. ``engines``: onnxruntime
+    always runs; with OpenVINO listed, every variant also runs on OpenVINO's CPU plugin, each
+    held to its variant's tolerance.
     """
 
     batch_sizes: tuple[int, ...] = DEFAULT_BATCH_SIZES
@@ -61,6 +69,7 @@ class VerifyConfig:
     providers: tuple[Provider, ...] = (Provider.CPU,)
     auto_cuda: bool = True
     tolerance: Tolerance = FP32_TOLERANCE
+    engines: tuple[Engine, ...] = (Engine.ONNXRUNTIME,)
 
     def __post_init__(self) -> None:
         if not self.batch_sizes:
@@ -99,6 +108,7 @@ def compare_model_with_files(
     ``directory`` (fp32 always; the others each with the tolerance that fits them). Raises
     :class:`ArtifactError` for an ONNX file onnxruntime cannot load or whose embedded spec is
     not ``spec``."""
+    from resnext_deploy.runtime.openvino import OpenVinoRunner
     from resnext_deploy.runtime.ort import OrtRunner
     from resnext_deploy.runtime.torch_runners import EagerRunner, TorchScriptRunner
 
@@ -112,8 +122,11 @@ def compare_model_with_files(
         candidates += fp32.candidates
         for runner, tolerance in _variant_runners(directory, variants, fp32.started):
             candidates.append((stack.enter_context(runner), tolerance))
+        if Engine.OPENVINO in config.engines:
+            for runner, tolerance in _openvino_runners(directory, variants):
+                candidates.append((stack.enter_context(runner), tolerance))
         for runner, _ in candidates:
-            if isinstance(runner, OrtRunner):  # the labels and sizes every consumer relies on
+            if isinstance(runner, OrtRunner | OpenVinoRunner):  # labels and sizes all rely on
                 runner.embedded_spec(spec)
         reference = stack.enter_context(EagerRunner(model))
         report = compare(reference, candidates, inputs)
@@ -170,16 +183,20 @@ def _compare_preprocess_graph(
     stack: ExitStack, reference: Runner, directory: Path, spec: ModelSpec, config: VerifyConfig
 ) -> ParityReport:
     """The graph with the preprocessing inside, fed uint8 NHWC images, against ``reference``
-    behind the Python preprocessing: both halves of the deployed path at once."""
+    behind the Python preprocessing: both halves of the deployed path at once (on OpenVINO
+    too when ``config`` lists it)."""
     from resnext_deploy.runtime.ort import OrtRunner
 
-    embedded = stack.enter_context(
-        OrtRunner(directory / Variant.PREPROCESS.file, name="onnxruntime-cpu-preproc")
-    )
-    embedded.embedded_spec(spec)
+    path = directory / Variant.PREPROCESS.file
+    runners: list[OrtRunner | OpenVinoRunner] = [OrtRunner(path, name="onnxruntime-cpu-preproc")]
+    if Engine.OPENVINO in config.engines:
+        runners.append(_openvino_runner(path, Variant.PREPROCESS))
+    for runner in runners:
+        stack.enter_context(runner)
+        runner.embedded_spec(spec)
     return compare(
         NormalizingRunner(reference, spec),
-        [(embedded, config.tolerance)],
+        [(runner, config.tolerance) for runner in runners],
         uint8_inputs(spec, config),
     )
 
@@ -218,6 +235,30 @@ def _variant_runners(
                     f"provider, so it cannot be verified: {first_line(exc, 200)}"
                 ) from None
             yield runner, variant.tolerance
+
+
+def _openvino_runners(
+    directory: Path, variants: tuple[Variant, ...]
+) -> Iterator[tuple[Runner, Tolerance]]:
+    """Every ONNX variant taking the normalised batch on OpenVINO's CPU plugin (f32 hint), each
+    held to its variant's tolerance; the graph with the preprocessing inside is compared on its
+    uint8 inputs (:func:`_compare_preprocess_graph`)."""
+    for variant in dict.fromkeys((Variant.FP32, *variants)):
+        if variant is not Variant.PREPROCESS:
+            yield _openvino_runner(directory / variant.file, variant), variant.tolerance
+
+
+def _openvino_runner(path: Path, variant: Variant) -> OpenVinoRunner:
+    from resnext_deploy.runtime.openvino import OpenVinoRunner
+
+    try:
+        return OpenVinoRunner(path, name=f"openvino-cpu{variant.suffix}")
+    except ArtifactError as exc:  # OpenVINO's own errors arrive as ArtifactError
+        # An unverifiable variant is not a verified one: refuse rather than skip.
+        raise ParityError(
+            f"the {variant.value} variant cannot run on OpenVINO, so it cannot be verified: "
+            f"{first_line(exc, 200)}"
+        ) from None
 
 
 class NormalizingRunner(Runner):

@@ -121,3 +121,27 @@ def cuda_or_skip() -> None:
     """Skip GPU-only tests, with the reason, on machines without an NVIDIA GPU."""
     if not has_cuda():
         pytest.skip("no NVIDIA GPU here (no /dev/nvidia<N> device node or no libcuda.so.1)")
+
+
+@pytest.fixture(scope="session")
+def tiny_every_variant(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model with fp32, fp16, int8 and the preprocessing graph, shared read-only (copy
+    it to change it). Its int8 gate is off: the random weights make agreement meaningless; the
+    point is a real QDQ file for the engines to run."""
+    from resnext_deploy.artifact import Precision
+    from resnext_deploy.export.calibration import CalibrationConfig
+    from resnext_deploy.export.pipeline import ExportConfig, export_checkpoint
+    from resnext_deploy.models.checkpoint import LoadOptions
+    from resnext_deploy.verify import VerifyConfig
+
+    out = tmp_path_factory.mktemp("every-variant") / "tiny"
+    names = tuple(f"c{i}" for i in range(7))
+    config = ExportConfig(
+        out_dir=out,
+        precisions=tuple(Precision),
+        embed_preprocess=True,
+        verify=VerifyConfig(batch_sizes=(1, 2), auto_cuda=False),
+        calibration=CalibrationConfig(source="digits", min_agreement=0.0, max_calibration=64),
+    )
+    export_checkpoint(tiny_checkpoint, LoadOptions(arch=TINY, class_names=names), config)
+    return out

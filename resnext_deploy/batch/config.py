@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from resnext_deploy.errors import ConfigError
 from resnext_deploy.predict import MAX_BATCH_SIZE, MAX_TOP_K
+from resnext_deploy.recommendation import Engine
 from resnext_deploy.runtime.providers import Provider
 from resnext_deploy.validate import check_float, check_int, check_name
 
@@ -21,15 +23,16 @@ class BatchConfig:
     listing (``.txt``: a path per line; ``.csv``/``.parquet``: the ``column`` of paths). Results
     go to ``out_dir``; a run there with the same model and inputs is resumed.
 
-    ``actors`` onnxruntime sessions of ``threads`` threads each take ``cpus_per_actor`` CPUs (and
-    ``gpus_per_actor`` GPUs on CUDA) of the cluster's resources; decoding runs as tasks beside
-    them."""
+    ``actors`` sessions of ``engine`` (onnxruntime or OpenVINO) of ``threads`` threads each take
+    ``cpus_per_actor`` CPUs (and ``gpus_per_actor`` GPUs on CUDA) of the cluster's resources;
+    decoding runs as tasks beside them."""
 
     model: Path
     source: Path
     out_dir: Path
     column: str = "path"
     provider: Provider = Provider.CPU
+    engine: Engine = Engine.ONNXRUNTIME
     top_k: int = 5
     batch_size: int = 32
     actors: int = 1
@@ -49,6 +52,11 @@ class BatchConfig:
         check_float(self.cpus_per_actor, "--cpus-per-actor", 0.0, 1024.0, low_open=True)
         check_float(self.gpus_per_actor, "--gpus-per-actor", 0.0, 64.0, low_open=True)
         check_int(self.shard_size, "the shard size", 1, MAX_SHARD_SIZE)
+        if self.engine is Engine.OPENVINO and self.provider is not Provider.CPU:
+            raise ConfigError(
+                f"the OpenVINO engine runs on the CPU here; the {self.provider.value} provider is "
+                "onnxruntime's: use --engine onnxruntime with it"
+            )
 
     @property
     def session_threads(self) -> int:

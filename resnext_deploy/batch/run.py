@@ -45,7 +45,8 @@ def plan_batch(config: BatchConfig) -> BatchPlan:
     on the CPU) and open the output folder, before Ray starts. Raises :class:`DataError`,
     :class:`ArtifactError` or :class:`ConfigError`."""
     source = read_source(config.source, config.column)
-    with Classifier(config.model) as classifier:
+    checking = _session(config, check=True)
+    with Classifier(config.model, checking, engine=config.engine) as classifier:
         path = classifier.path
         spec, takes_images = classifier.spec, classifier.takes_images
     assert path is not None
@@ -195,6 +196,7 @@ def _pipeline(ray: Any, config: BatchConfig, plan: BatchPlan, todo: list[int], a
             "model": (ray.put(plan.model),),
             "spec": plan.spec,
             "session": _session(config),
+            "engine": config.engine,
             "top_k": config.top_k,
             "model_sha256": plan.ledger.identity.model_sha256,
         },
@@ -214,7 +216,11 @@ def _decode_memory(config: BatchConfig, plan: BatchPlan) -> int:
     return 2 * batch + MAX_DECODED_BYTES
 
 
-def _session(config: BatchConfig) -> SessionConfig:
+def _session(config: BatchConfig, check: bool = False) -> SessionConfig:
+    """The actors' session; with ``check``, the driver's (on the CPU: it opens the model only
+    to check it, on the engine the actors will use, before Ray starts)."""
+    if check:
+        return SessionConfig(intra_op_threads=1)
     threads = config.session_threads if config.provider is Provider.CPU else None
     return SessionConfig(provider=config.provider, intra_op_threads=threads)
 

@@ -11,6 +11,7 @@ import numpy as np
 
 from resnext_deploy.errors import DataError
 from resnext_deploy.predict import Classifier, model_input, read_image, top_predictions
+from resnext_deploy.recommendation import Engine
 from resnext_deploy.runtime.providers import SessionConfig
 from resnext_deploy.spec import ModelSpec
 
@@ -43,12 +44,19 @@ def _input_layout(spec: ModelSpec, takes_images: bool) -> tuple[tuple[int, ...],
 
 
 class Inference:
-    """One onnxruntime session (an actor of the pool): decoded rows to result rows."""
+    """One session of onnxruntime or OpenVINO (an actor of the pool): decoded rows to result
+    rows."""
 
     def __init__(
-        self, model: bytes, spec: ModelSpec, session: SessionConfig, top_k: int, model_sha256: str
+        self,
+        model: bytes,
+        spec: ModelSpec,
+        session: SessionConfig,
+        top_k: int,
+        model_sha256: str,
+        engine: Engine = Engine.ONNXRUNTIME,
     ) -> None:
-        self.classifier = Classifier(model, session, spec)
+        self.classifier = Classifier(model, session, spec, engine)
         self.top_k = top_k
         self.model_sha256 = model_sha256
 

@@ -2,8 +2,10 @@
 
 Every backend is a runner of the one runtime family (:mod:`resnext_deploy.runtime`); the
 benchmark only chooses which runners to build, with what options, on which files of an export.
-TensorRT tunes its kernels for the profile's opt shape, so an onnxruntime backend on TensorRT
-is built once per batch size, with an engine for that size alone (:attr:`BackendFactory.per_batch`).
+A *deployable* backend is an engine (onnxruntime or OpenVINO) running one variant of the export
+as ``predict``/``serve`` would run it; only those can be recommended (:mod:`.gate`). TensorRT
+tunes its kernels for the profile's opt shape, so an onnxruntime backend on TensorRT is built
+once per batch size, with an engine for that size alone (:attr:`BackendFactory.per_batch`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 
 from resnext_deploy.artifact import TORCHSCRIPT_FILE, Variant
 from resnext_deploy.errors import ConfigError
+from resnext_deploy.recommendation import Engine
 from resnext_deploy.runtime.base import Runner
 from resnext_deploy.runtime.providers import (
     CudaOptions,
@@ -35,27 +38,43 @@ class BenchBackend(StrEnum):
     ONNXRUNTIME_INT8 = "onnxruntime-int8"
     COMPILE = "compile"
     COMPILE_AMP = "compile-amp"
-    OPENVINO_F32 = "openvino-f32"
+    OPENVINO = "openvino"
+    OPENVINO_FP16 = "openvino-fp16"
+    OPENVINO_INT8 = "openvino-int8"
     OPENVINO_DEFAULT = "openvino-default"
 
     @property
+    def engine(self) -> Engine | None:
+        """The engine that runs the export's ONNX file; ``None`` for the torch backends."""
+        if self.value.startswith("onnxruntime"):
+            return Engine.ONNXRUNTIME
+        return Engine.OPENVINO if self.value.startswith("openvino") else None
+
+    @property
     def variant(self) -> Variant | None:
-        """The ONNX variant an onnxruntime backend runs; ``None`` for the others."""
-        return {
-            BenchBackend.ONNXRUNTIME: Variant.FP32,
-            BenchBackend.ONNXRUNTIME_FP16: Variant.FP16,
-            BenchBackend.ONNXRUNTIME_INT8: Variant.INT8,
-        }.get(self)
+        """The export variant a deployable backend runs; ``None`` for the torch backends and
+        the ``openvino-default`` peer (OpenVINO's own precision choice is not what ``--engine
+        openvino`` deploys)."""
+        return next((v for (_, v), k in ENGINE_BACKENDS.items() if k is self), None)
 
 
+# (engine, variant) -> the backend that runs that variant on that engine, as deployed
+ENGINE_BACKENDS = {
+    (Engine.ONNXRUNTIME, Variant.FP32): BenchBackend.ONNXRUNTIME,
+    (Engine.ONNXRUNTIME, Variant.FP16): BenchBackend.ONNXRUNTIME_FP16,
+    (Engine.ONNXRUNTIME, Variant.INT8): BenchBackend.ONNXRUNTIME_INT8,
+    (Engine.OPENVINO, Variant.FP32): BenchBackend.OPENVINO,
+    (Engine.OPENVINO, Variant.FP16): BenchBackend.OPENVINO_FP16,
+    (Engine.OPENVINO, Variant.INT8): BenchBackend.OPENVINO_INT8,
+}
 DEFAULT_BACKENDS = (
     BenchBackend.EAGER,
     BenchBackend.TORCHSCRIPT,
     BenchBackend.TORCHSCRIPT_OPT,
     BenchBackend.ONNXRUNTIME,
 )
-PEER_BACKENDS = (BenchBackend.COMPILE, BenchBackend.OPENVINO_F32, BenchBackend.OPENVINO_DEFAULT)
-OPENVINO_BACKENDS = (BenchBackend.OPENVINO_F32, BenchBackend.OPENVINO_DEFAULT)
+PEER_BACKENDS = (BenchBackend.COMPILE, BenchBackend.OPENVINO, BenchBackend.OPENVINO_DEFAULT)
+OPENVINO_BACKENDS = tuple(k for k in BenchBackend if k.engine is Engine.OPENVINO)
 CPU_ONLY_BACKENDS = OPENVINO_BACKENDS
 GPU_ONLY_BACKENDS = (BenchBackend.EAGER_AMP, BenchBackend.COMPILE_AMP)
 
@@ -91,16 +110,24 @@ class BackendFactory:
     size is measured with a runner of its own (TensorRT: an engine tuned for that size).
     ``optional``: a variant the benchmark tries on its own (``--tune``), which may fail to start
     on this machine and is then recorded as such; a backend the user asked for that cannot start
-    ends the benchmark (:func:`~resnext_deploy.bench.harness.sweep`)."""
+    ends the benchmark (:func:`~resnext_deploy.bench.harness.sweep`). ``engine`` and
+    ``variant``: what a deployable backend deploys (``None`` for the others)."""
 
     name: str
     build: Callable[[], Runner]
     build_for_batch: Callable[[int], Runner] | None = None
     optional: bool = False
+    engine: Engine | None = None
+    variant: Variant | None = None
 
     @property
     def per_batch(self) -> bool:
         return self.build_for_batch is not None
+
+    @property
+    def deployable(self) -> bool:
+        """An engine running one variant of the export as ``--engine`` deploys it."""
+        return self.engine is not None and self.variant is not None
 
     def runner_for(self, batch_size: int) -> Runner:
         """The runner that measures ``batch_size``."""
@@ -116,16 +143,18 @@ def backend_factory(kind: BenchBackend, ctx: BackendContext) -> BackendFactory:
     if kind in GPU_ONLY_BACKENDS and ctx.provider is Provider.CPU:
         raise ConfigError(f"backend {kind.value} needs a CUDA device")
     variant = kind.variant
-    if variant is not None:
-        path = ctx.export_dir / variant.file
-        if not path.is_file():
-            raise ConfigError(
-                f"backend {kind.value} needs an export with the {variant.value} variant; "
-                f"{path} is missing"
-            )
-        name = f"onnxruntime-{ctx.provider.value}{variant.suffix}"
-        return _ort_factory(path, ctx.session_config(), name)
-    return BackendFactory(_NAMES[kind], lambda: _torch_or_peer(kind, ctx))
+    if variant is None:
+        return BackendFactory(_NAMES[kind], lambda: _torch_or_peer(kind, ctx))
+    path = ctx.export_dir / variant.file
+    if not path.is_file():
+        raise ConfigError(
+            f"backend {kind.value} needs an export with the {variant.value} variant; "
+            f"{path} is missing"
+        )
+    if kind.engine is Engine.OPENVINO:
+        return _openvino_factory(path, ctx, variant)
+    name = f"onnxruntime-{ctx.provider.value}{variant.suffix}"
+    return _ort_factory(path, ctx.session_config(), name, variant)
 
 
 def tuning_factories(
@@ -140,7 +169,9 @@ def tuning_factories(
     specs = []
     for label, options in variants.items():
         name = f"onnxruntime-{ctx.provider.value}[{label}]"
-        specs.append(replace(_ort_factory(path, _tuned_config(ctx, options), name), optional=True))
+        # a tuned configuration is not what --engine deploys: never recommended
+        factory = _ort_factory(path, _tuned_config(ctx, options), name, None)
+        specs.append(replace(factory, optional=True))
     return specs
 
 
@@ -163,24 +194,40 @@ _NAMES = {
     BenchBackend.TORCHSCRIPT_OPT: "torchscript-optimized",
     BenchBackend.COMPILE: "torch-compile",
     BenchBackend.COMPILE_AMP: "torch-compile-amp",
-    BenchBackend.OPENVINO_F32: "openvino-f32",
     BenchBackend.OPENVINO_DEFAULT: "openvino-default",
 }
 
 
-def _ort_factory(path: Path, config: SessionConfig, name: str) -> BackendFactory:
-    """An onnxruntime backend; on TensorRT, one engine per batch size (min = opt = max)."""
+def _ort_factory(
+    path: Path, config: SessionConfig, name: str, variant: Variant | None
+) -> BackendFactory:
+    """An onnxruntime backend (deployable when it runs ``variant``); on TensorRT, one engine
+    per batch size (min = opt = max)."""
 
     def build() -> Runner:
         return _ort(path, config, name)
 
+    engine = Engine.ONNXRUNTIME if variant is not None else None
     if config.provider is not Provider.TENSORRT:
-        return BackendFactory(name, build)
+        return BackendFactory(name, build, engine=engine, variant=variant)
 
     def build_for_batch(batch_size: int) -> Runner:
         return _ort(path, replace(config, tensorrt=config.tensorrt.for_batch(batch_size)), name)
 
-    return BackendFactory(name, build, build_for_batch)
+    return BackendFactory(name, build, build_for_batch, engine=engine, variant=variant)
+
+
+def _openvino_factory(path: Path, ctx: BackendContext, variant: Variant) -> BackendFactory:
+    """``variant`` on OpenVINO's CPU plugin, built as ``--engine openvino`` builds it (f32 hint,
+    the benchmark's threads)."""
+    name = f"openvino-cpu{variant.suffix}"
+
+    def build() -> Runner:
+        from resnext_deploy.runtime.engines import open_runner
+
+        return open_runner(path, Engine.OPENVINO, ctx.session_config(), name=name)
+
+    return BackendFactory(name, build, engine=Engine.OPENVINO, variant=variant)
 
 
 def _ort(path: Path, config: SessionConfig, name: str) -> Runner:
@@ -202,30 +249,58 @@ def _torch_or_peer(kind: BenchBackend, ctx: BackendContext) -> Runner:
             optimize=kind is BenchBackend.TORCHSCRIPT_OPT,
             device=ctx.device,
         )
-    from resnext_deploy.runtime.peers import OpenVinoRunner
+    from resnext_deploy.runtime.openvino import (
+        OpenVinoConfig,
+        OpenVinoPrecision,
+        OpenVinoRunner,
+    )
 
-    precision = "f32" if kind is BenchBackend.OPENVINO_F32 else "default"
-    return OpenVinoRunner(ctx.export_dir / Variant.FP32.file, precision, ctx.threads)
+    config = OpenVinoConfig(precision=OpenVinoPrecision.DEFAULT, threads=ctx.threads)
+    return OpenVinoRunner(ctx.export_dir / Variant.FP32.file, config, name=_NAMES[kind])
 
 
-def check_installed(kinds: tuple[BenchBackend, ...]) -> None:
-    """Raise :class:`ConfigError` before any work when a backend in ``kinds`` needs an optional
-    package this environment lacks (OpenVINO for the ``openvino-*`` peers)."""
+def check_installed(kinds: tuple[BenchBackend, ...], engines: bool = False) -> None:
+    """Raise :class:`ConfigError` before any work when a backend in ``kinds`` (or ``engines``:
+    ``--engines``, which measures OpenVINO) needs OpenVINO and this environment lacks it."""
     import importlib.util
 
+    from resnext_deploy.runtime.openvino import INSTALL_HINT
+
     wanted = [k.value for k in kinds if k in OPENVINO_BACKENDS]
-    if wanted and importlib.util.find_spec("openvino") is None:
-        raise ConfigError(
-            f"backend {', '.join(wanted)} needs OpenVINO, which is not installed: "
-            "pip install 'resnext-deploy[peers]', or leave the OpenVINO backends out"
-        )
+    if not (wanted or engines) or importlib.util.find_spec("openvino") is not None:
+        return
+    what = "--engines" if engines else f"backend {', '.join(wanted)}"
+    raise ConfigError(
+        f"{what} needs OpenVINO, which is not installed: {INSTALL_HINT}, or leave "
+        f"{'--engines' if engines else 'the OpenVINO backends'} out"
+    )
 
 
 def chosen_backends(
-    requested: list[BenchBackend] | tuple[BenchBackend, ...] | None, peers: bool = False
+    requested: list[BenchBackend] | tuple[BenchBackend, ...] | None,
+    peers: bool = False,
+    engines: bool = False,
 ) -> tuple[BenchBackend, ...]:
-    """``requested`` (default: :data:`DEFAULT_BACKENDS`), plus the peers when asked for."""
+    """``requested`` (default: :data:`DEFAULT_BACKENDS`), plus the peers when asked for. With
+    ``engines`` and nothing requested, no default or peer runs a variant, so that
+    :func:`with_engines` covers every variant of the export."""
     kinds = tuple(requested or DEFAULT_BACKENDS)
+    if engines and not requested:
+        kinds = tuple(k for k in kinds if k.variant is None)
     if peers:
-        kinds += tuple(k for k in PEER_BACKENDS if k not in kinds)
+        kinds += tuple(k for k in PEER_BACKENDS if k not in kinds and not (engines and k.variant))
     return kinds
+
+
+def with_engines(
+    kinds: tuple[BenchBackend, ...], held: tuple[Variant, ...]
+) -> tuple[BenchBackend, ...]:
+    """``kinds`` with every variant they run on both engines, side by side (onnxruntime, then
+    OpenVINO, per variant, after the other backends). When none of ``kinds`` runs a variant:
+    every variant in ``held`` (the export's) but the preprocessing graph, else fp32."""
+    variants = tuple(dict.fromkeys(k.variant for k in kinds if k.variant)) or tuple(
+        v for v in held if v is not Variant.PREPROCESS
+    )
+    others = tuple(k for k in kinds if k.variant is None)
+    pairs = tuple(ENGINE_BACKENDS[(e, v)] for v in variants or (Variant.FP32,) for e in Engine)
+    return others + pairs

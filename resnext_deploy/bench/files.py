@@ -9,10 +9,12 @@ import math
 from pathlib import Path
 from typing import Any
 
+from resnext_deploy.bench.gate import GATE_BATCH_SIZES, GateResult
 from resnext_deploy.bench.harness import HarnessOverhead
 from resnext_deploy.bench.report import BenchReport
 from resnext_deploy.bench.roofline import ComputeFloor
 from resnext_deploy.fileio import atomic_write_text, save_figure
+from resnext_deploy.recommendation import Pick
 from resnext_deploy.validate import check_name
 
 STAT_FIELDS = (
@@ -108,6 +110,7 @@ def to_markdown(report: BenchReport, plot_name: str | None = None) -> str:
     lines = [*_markdown_heading(report, has_e2e), *_markdown_table(report, has_e2e), ""]
     lines += engine_profile_lines(report)
     lines += _winner_lines(report)
+    lines += gate_lines(report)
     if report.overhead:
         lines += _overhead_lines(report.overhead)
     f = report.compute_floor
@@ -138,21 +141,26 @@ def _markdown_heading(report: BenchReport, has_e2e: bool) -> list[str]:
 
 
 def _markdown_table(report: BenchReport, has_e2e: bool) -> list[str]:
-    """One row per measurement, batch-major, backends in the order they ran."""
+    """One row per measurement, batch-major, backends in the order they ran; with
+    ``--engines``, whether each deployable row passed the accuracy gate."""
+    gated = bool(report.gate)
     lines = [
         "| backend | batch | p50 ms | p90 ms | p99 ms | mean ± std ms | images/s | x eager "
         + ("| e2e p50 ms " if has_e2e else "")
-        + "| first call ms | RSS MiB |",
+        + "| first call ms | RSS MiB |"
+        + (" gate |" if gated else ""),
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | "
         + ("---: | " if has_e2e else "")
-        + "---: | ---: |",
+        + "---: | ---: |"
+        + (" --- |" if gated else ""),
     ]
     for m in report.results:
         s = m.stats
+        gate = f" {gate_mark(report.gate_result(m.backend))} |" if gated else ""
         if s is None:
             blanks = "| " * (8 if has_e2e else 7)
             lines.append(
-                f"| {m.backend} | {m.batch_size} | {m.status.value}: {m.error[:80]} {blanks}|"
+                f"| {m.backend} | {m.batch_size} | {m.status.value}: {m.error[:80]} {blanks}|{gate}"
             )
             continue
         speed = f"{m.speedup_vs_eager:.2f}" if m.speedup_vs_eager else ""
@@ -164,9 +172,54 @@ def _markdown_table(report: BenchReport, has_e2e: bool) -> list[str]:
         lines.append(
             f"| {m.backend} | {m.batch_size} | {s.p50_ms:.2f} | {s.p90_ms:.2f} | "
             f"{s.p99_ms:.2f} | {s.mean_ms:.2f} ± {s.std_ms:.2f} | {s.images_per_s:.1f} | "
-            f"{speed} | {e2e}{_num(m.first_call_ms, '.1f')} | {m.rss_mb or 0:.0f} |"
+            f"{speed} | {e2e}{_num(m.first_call_ms, '.1f')} | {m.rss_mb or 0:.0f} |{gate}"
         )
     return lines
+
+
+def gate_mark(result: GateResult | None) -> str:
+    """A table cell: ``pass``, ``FAIL``, or nothing for a row the gate does not judge."""
+    if result is None:
+        return ""
+    return "pass" if result.passed else "FAIL"
+
+
+def pick_text(batch_size: int, pick: Pick) -> str:
+    """``batch 1: openvino int8 (4.10 ms, 1.92x onnxruntime fp32)``."""
+    speedup = f", {pick.speedup:.2f}x onnxruntime fp32" if pick.speedup else ""
+    engine = pick.engine.value
+    return f"batch {batch_size}: {engine} {pick.variant} ({pick.p50_ms:.2f} ms{speedup})"
+
+
+def gate_verdict(result: GateResult) -> str:
+    """``passed (max rel 2e-07, cosine 1.000000)``, or why it failed."""
+    if not result.passed:
+        return f"FAILED: {result.reason}; never recommended"
+    figures = [
+        f"max rel {result.max_rel:.2g}" if result.max_rel is not None else "",
+        f"cosine {result.min_cosine:.6f}" if result.min_cosine is not None else "",
+    ]
+    shown = ", ".join(f for f in figures if f)
+    return f"passed ({shown})" if shown else "passed"
+
+
+def gate_lines(report: BenchReport) -> list[str]:
+    """Markdown (``--engines``): each deployable row's accuracy gate, then the fastest passing
+    engine x variant per batch size."""
+    if not report.gate:
+        return []
+    sizes = " and ".join(str(b) for b in GATE_BATCH_SIZES)
+    lines = [
+        "Accuracy gate: each engine x variant row's outputs against the eager model on seeded "
+        f"random batches of {sizes}, held to its variant's tolerance:",
+        *(f"- {g.backend}: {gate_verdict(g)}" for g in report.gate),
+        "",
+    ]
+    if not report.recommended:
+        return [*lines, "No engine x variant passed the accuracy gate: nothing to recommend.", ""]
+    picks = ", ".join(pick_text(b, p) for b, p in report.recommended.items())
+    heading = "Fastest deployable engine x variant per batch size (passed the accuracy gate)"
+    return [*lines, f"{heading}: {picks}.", ""]
 
 
 def _winner_lines(report: BenchReport) -> list[str]:

@@ -1,5 +1,6 @@
 """The typed benchmark report: what ``bench`` returns, what its JSON file holds, and what
-``compare``, the writers, Triton's preferred batch sizes and the headline script read back."""
+``compare``, the writers, Triton's preferred batch sizes, the headline script and ``bench
+--record`` read back."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from resnext_deploy.bench.gate import GateResult
 from resnext_deploy.bench.harness import (
     MAX_COUNT,
     MAX_FIGURE,
@@ -18,8 +20,9 @@ from resnext_deploy.bench.harness import (
     Status,
 )
 from resnext_deploy.bench.roofline import ComputeFloor
-from resnext_deploy.errors import BenchmarkError
+from resnext_deploy.errors import BenchmarkError, ConfigError
 from resnext_deploy.fileio import atomic_write_text
+from resnext_deploy.recommendation import Pick
 from resnext_deploy.runtime.tensorrt import TensorRTProfile
 from resnext_deploy.validate import check_float, check_int, load_json
 
@@ -48,6 +51,9 @@ class BenchReport:
     compute_floor: ComputeFloor | None = None  # CPU runs only
     best: dict[int, str] = field(default_factory=dict)
     tuning: dict[int, str] | None = None
+    # --engines: each deployable row against eager, and per batch size the fastest that passed
+    gate: list[GateResult] = field(default_factory=list)
+    recommended: dict[int, Pick] = field(default_factory=dict)
 
     def rows(self, backend_prefix: str = "") -> list[Measurement]:
         """Successful measurements of backends whose name starts with ``backend_prefix``."""
@@ -81,10 +87,18 @@ class BenchReport:
         best = sorted(rows, key=lambda m: -(m.stats.images_per_s if m.stats else 0.0))[:keep]
         return tuple(sorted({m.batch_size for m in best}))
 
+    def gate_result(self, backend: str) -> GateResult | None:
+        """How ``backend`` did at the accuracy gate (``None``: not a gated row)."""
+        return next((g for g in self.gate if g.backend == backend), None)
+
     def to_dict(self) -> dict[str, Any]:
-        d = {k: v for k, v in self.__dict__.items() if k != "results"}
+        skip = ("results", "gate", "recommended")
+        d = {k: v for k, v in self.__dict__.items() if k not in skip}
         d["overhead"] = self.overhead.to_dict() if self.overhead else None
         d["compute_floor"] = self.compute_floor.to_dict() if self.compute_floor else None
+        if self.gate:  # a report without --engines keeps the keys it always had
+            d["gate"] = [g.to_dict() for g in self.gate]
+            d["recommended"] = {str(b): p.to_dict() for b, p in self.recommended.items()}
         d["format"] = REPORT_FORMAT
         d["results"] = [m.to_dict() for m in self.results]
         return finite_json(d)
@@ -103,7 +117,7 @@ class BenchReport:
             raise BenchmarkError(f"{source} is not a resnext-deploy benchmark report (no results)")
         try:
             return cls._read(data)
-        except (BenchmarkError, *_MISFITS) as exc:
+        except (BenchmarkError, ConfigError, *_MISFITS) as exc:
             cause = str(exc) if isinstance(exc, BenchmarkError) else f"{type(exc).__name__}: {exc}"
             raise BenchmarkError(
                 f"{source} is not a resnext-deploy benchmark report ({cause})"
@@ -132,6 +146,8 @@ class BenchReport:
             compute_floor=_optional(ComputeFloor.from_dict, data.get("compute_floor")),
             best=_per_batch(data.get("best") or {}, "best"),
             tuning=_per_batch(data["tuning"], "tuning") if data.get("tuning") else None,
+            gate=[GateResult.from_dict(g) for g in _block(data.get("gate"), list, "gate")],
+            recommended=_picks(data.get("recommended")),
         )
 
 
@@ -164,6 +180,17 @@ def _per_batch(value: Any, what: str) -> dict[int, str]:
         if not (key.isdigit() and len(key) <= 10):
             raise BenchmarkError(f"{what}: {key!r} is not a batch size")
         found[_count(int(key), what)] = str(backend)
+    return found
+
+
+def _picks(value: Any) -> dict[int, Pick]:
+    """A ``{"<batch size>": <pick>}`` block (raises :class:`ConfigError` for a pick that is
+    not one)."""
+    found = {}
+    for key, pick in _block(value, dict, "recommended").items():
+        if not (key.isdigit() and len(key) <= 10):
+            raise BenchmarkError(f"recommended: {key!r} is not a batch size")
+        found[_count(int(key), "recommended")] = Pick.from_dict(pick)
     return found
 
 

@@ -1,5 +1,5 @@
-"""``resnext-deploy bench`` as a function: resolve the model once, sweep its runners, add
-context, profile, write the result files."""
+"""``resnext-deploy bench`` as a function: resolve the model once, sweep its runners, gate the
+deployable ones on accuracy (``--engines``), add context, profile, write the result files."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from resnext_deploy.artifact import Variant
+from resnext_deploy.artifact import Manifest, Variant
 from resnext_deploy.bench.backends import (
     DEFAULT_BACKENDS,
     BackendContext,
@@ -20,8 +20,10 @@ from resnext_deploy.bench.backends import (
     backend_factory,
     check_installed,
     tuning_factories,
+    with_engines,
 )
 from resnext_deploy.bench.files import write_reports
+from resnext_deploy.bench.gate import GateResult, fastest_passing, gate_rows
 from resnext_deploy.bench.harness import (
     HarnessOverhead,
     Sweep,
@@ -41,7 +43,7 @@ from resnext_deploy.bench.report import BenchReport
 from resnext_deploy.bench.roofline import compute_floor
 from resnext_deploy.bench.source import BenchModel, bench_model
 from resnext_deploy.environment import BENCH_PACKAGES, environment, package_versions
-from resnext_deploy.errors import BenchmarkError, ConfigError
+from resnext_deploy.errors import ArtifactError, BenchmarkError, ConfigError
 from resnext_deploy.fileio import check_writable_dir
 from resnext_deploy.runtime.providers import (
     CudaOptions,
@@ -69,6 +71,10 @@ MAX_SEED = 2**32 - 1  # numpy's seeds
 
 @dataclass(frozen=True, kw_only=True)
 class BenchConfig:
+    """What ``bench`` measures and how. ``engines``: every variant the backends run (with none:
+    every variant of the export) on both engines, each deployable row gated on accuracy, and
+    the fastest that passed named per batch size (:meth:`with_engines`; the CPU only)."""
+
     backends: tuple[BenchBackend, ...] = DEFAULT_BACKENDS
     batch_sizes: tuple[int, ...] | None = None
     provider: Provider = Provider.CPU
@@ -83,10 +89,16 @@ class BenchConfig:
     name: str | None = None  # their stem [default: <model>-<provider>-<time>]
     seed: int = 0
     command: str = ""
+    engines: bool = False
 
     def __post_init__(self) -> None:
         if self.tune and self.provider is Provider.CPU:
             raise ConfigError("tuning sweeps GPU provider options; it needs the cuda provider")
+        if self.engines and self.provider is not Provider.CPU:
+            raise ConfigError(
+                "--engines (and --record) measure OpenVINO beside onnxruntime, and OpenVINO "
+                f"runs on the CPU here, not on {self.provider.value}: use --provider cpu"
+            )
         if self.threads is not None:
             check_int(self.threads, "threads", 1, MAX_THREADS)
         if self.batch_sizes is not None:
@@ -94,7 +106,7 @@ class BenchConfig:
                 raise ConfigError(f"give at least one batch size (1..{MAX_BATCH_SIZE:,})")
             for b in self.batch_sizes:
                 check_int(b, "batch size", 1, MAX_BATCH_SIZE)
-        if not self.backends and not self.tune:
+        if not self.backends and not self.tune and not self.engines:
             raise ConfigError("no backend to measure")
         check_timing(self.timing)
         check_int(self.seed, "seed", 0, MAX_SEED)
@@ -125,9 +137,18 @@ class BenchConfig:
         variants.pop("baseline")
         return variants
 
+    def with_engines(self, held: tuple[Variant, ...]) -> BenchConfig:
+        """With ``engines``: this config with every variant its backends run (with none: every
+        variant in ``held``, the export's, but the preprocessing graph) on both engines
+        (:func:`~resnext_deploy.bench.backends.with_engines`); else this config. Applying it
+        again changes nothing."""
+        if not self.engines:
+            return self
+        return replace(self, backends=with_engines(self.backends, held))
+
     def variants(self) -> tuple[Variant, ...]:
-        """The ONNX variants the onnxruntime backends run (fp32 when none does: the profile's
-        and the tuning variants' graph)."""
+        """The ONNX variants the engine backends run (fp32 when none does: the profile's and
+        the tuning variants' graph)."""
         return tuple(dict.fromkeys(k.variant for k in self.backends if k.variant)) or (
             Variant.FP32,
         )
@@ -166,6 +187,7 @@ class BenchConfig:
             "tune": self.tune,
             "measure_overhead": self.measure_overhead,
             "seed": self.seed,
+            "engines": self.engines,
         }
 
 
@@ -207,12 +229,13 @@ def run_benchmark(
     import torch
 
     check_provider(config.provider, SessionConfig(cuda=config.cuda, tensorrt=config.tensorrt))
-    check_installed(config.backends)
+    check_installed(config.backends, engines=config.engines)
     if config.out_dir is not None:
         check_writable_dir(config.out_dir, "--out folder")  # before minutes of measuring
     torch.set_num_threads(config.resolved_threads())
     profile = None
     with bench_model(model, checkpoint, config.variants(), progress) as source:
+        config = config.with_engines(source.artifact.variants)
         report = measure(source, config, progress)
         if config.profile:
             if progress:
@@ -230,7 +253,8 @@ def measure(
     source: BenchModel, config: BenchConfig, progress: Callable[[str], None] | None = None
 ) -> BenchReport:
     """Sweep ``config``'s backends over its batch sizes on ``source`` (seeded random input),
-    with the harness overhead and, on the CPU, the compute floor."""
+    with the harness overhead, on the CPU the compute floor, and with ``engines`` the accuracy
+    gate of each deployable row (``config`` as :meth:`BenchConfig.with_engines` resolved it)."""
     batch_sizes = config.resolved_batch_sizes()
     size = source.spec.input_size
     check_input_fits(batch_sizes, size)
@@ -245,7 +269,8 @@ def measure(
         specs, batch_sizes, make_batch, config.timing, interleave=interleave, progress=progress
     )
     overhead = _overhead(specs, size) if config.measure_overhead else None
-    return _report(source, config, result, overhead)
+    gate = gate_rows(source.eager, specs, size, config.seed, progress) if config.engines else []
+    return _report(source, config, result, overhead, gate)
 
 
 def backend_context(source: BenchModel, config: BenchConfig) -> BackendContext:
@@ -262,7 +287,11 @@ def backend_context(source: BenchModel, config: BenchConfig) -> BackendContext:
 
 
 def _report(
-    source: BenchModel, config: BenchConfig, result: Sweep, overhead: HarnessOverhead | None
+    source: BenchModel,
+    config: BenchConfig,
+    result: Sweep,
+    overhead: HarnessOverhead | None,
+    gate: list[GateResult],
 ) -> BenchReport:
     from resnext_deploy.models.resnext import count_macs
 
@@ -291,10 +320,25 @@ def _report(
         overhead=overhead,
         best=best_per_batch(result.results, ""),
         tuning=best_per_batch(result.results, prefix) if config.tune else None,
+        gate=gate,
+        recommended=fastest_passing(result.results, gate),
     )
     if config.provider is Provider.CPU:
         report.compute_floor = compute_floor(gmacs, threads, result.results)
     return report
+
+
+def held_variants(model: str) -> tuple[Variant, ...]:
+    """The ONNX variants the export folder ``model``'s manifest lists, read without checking
+    its files (for planning: opening the export checks them); none for an architecture name or
+    a manifest that does not read."""
+    if not Path(model).is_dir():
+        return ()
+    try:
+        manifest = Manifest.read(Path(model))
+    except ArtifactError:
+        return ()
+    return tuple(v for v in Variant if v.file in manifest.files)
 
 
 def check_input_fits(batch_sizes: tuple[int, ...], input_size: int) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from resnext_deploy.cli.app import OutputFormat, emit_json, err, out
 from resnext_deploy.errors import ConfigError
+from resnext_deploy.recommendation import Engine
 from resnext_deploy.runtime.providers import Provider
 
 
@@ -40,6 +41,7 @@ def predict_with_ray(
     top_k: int,
     batch_size: int,
     provider: Provider,
+    engine: Engine,
     fmt: OutputFormat,
 ) -> None:
     from resnext_deploy.batch.config import DEFAULT_SHARD_SIZE, BatchConfig
@@ -58,6 +60,7 @@ def predict_with_ray(
         out_dir=options.out_dir,
         column=options.column or "path",
         provider=provider,
+        engine=engine,
         top_k=top_k,
         batch_size=batch_size,
         actors=options.actors or 1,

@@ -20,6 +20,7 @@ from resnext_deploy.cli.options import (
     BenchModelArg,
     BenchProvider,
     CudaGraph,
+    Engines,
     MaxTime,
     MaxWorkspace,
     MinIters,
@@ -28,6 +29,7 @@ from resnext_deploy.cli.options import (
     Peers,
     PreferNhwc,
     Profile,
+    Record,
     ResultsOut,
     ResultStem,
     Tf32,
@@ -54,6 +56,8 @@ def bench(
     provider: BenchProvider = Provider.CPU,
     backend: Backends = None,
     peers: Peers = False,
+    engines: Engines = False,
+    record: Record = False,
     batch_sizes: BenchBatchSizes = None,
     checkpoint: Weights = None,
     threads: Threads = None,
@@ -75,22 +79,18 @@ def bench(
     as_json: AsJson = False,
 ) -> None:
     """Latency and throughput across batch sizes, every backend side by side."""
-    from resnext_deploy.bench.run import BenchConfig, run_benchmark
-    from resnext_deploy.render import bench_progress, print_bench_run
+    from resnext_deploy.bench.recommend import check_recordable, run_and_record
+    from resnext_deploy.bench.run import BenchConfig, held_variants, run_benchmark
+    from resnext_deploy.render import bench_progress, print_bench_run, print_recorded
 
+    engines = engines or record
     config = BenchConfig(
-        backends=chosen_backends(backend, peers),
+        backends=chosen_backends(backend, peers, engines),
         batch_sizes=parse_ints(batch_sizes, "--batch-sizes") if batch_sizes else None,
         provider=provider,
         threads=threads,
         timing=Timing(warmup=warmup, min_iters=min_iters, min_time_s=min_time, max_time_s=max_time),
-        cuda=CudaOptions(
-            cudnn_conv_algo_search=algo_search,
-            cudnn_conv_use_max_workspace=max_workspace,
-            prefer_nhwc=prefer_nhwc,
-            use_tf32=tf32,
-            enable_cuda_graph=cuda_graph,
-        ),
+        cuda=cuda_options(algo_search, max_workspace, prefer_nhwc, tf32, cuda_graph),
         tensorrt=TensorRTOptions(fp16=trt_fp16),
         tune=tune,
         measure_overhead=overhead,
@@ -98,12 +98,32 @@ def bench(
         out_dir=out_dir,
         name=name,
         command=command_line(),
+        engines=engines,
     )
-    with bench_progress(err, config.planned_measurements()) as progress:
-        run = run_benchmark(model, config, checkpoint, progress)
+    if record:
+        check_recordable(model, config)  # before the progress bar: one line, no work
+    planned = config.with_engines(held_variants(model) if engines else ()).planned_measurements()
+    with bench_progress(err, planned) as progress:
+        recorded = run_and_record(model, config, progress) if record else None
+        run = recorded.run if recorded else run_benchmark(model, config, checkpoint, progress)
     if as_json:  # stdout holds the one JSON document; the tables are left out
         sys.stdout.write(run.report.to_json() + "\n")
     print_bench_run(out, err, run, tables=not as_json)
+    if recorded:
+        print_recorded(err if as_json else out, recorded)
+
+
+def cuda_options(
+    algo_search: ConvAlgoSearch, max_workspace: bool, prefer_nhwc: bool, tf32: bool, graph: bool
+) -> CudaOptions:
+    """``bench``'s CUDA options as the provider's config."""
+    return CudaOptions(
+        cudnn_conv_algo_search=algo_search,
+        cudnn_conv_use_max_workspace=max_workspace,
+        prefer_nhwc=prefer_nhwc,
+        use_tf32=tf32,
+        enable_cuda_graph=graph,
+    )
 
 
 @app.command()

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from resnext_deploy.cli.app import (
     OutputFormat,
     app,
+    command_line,
     emit_json,
     err,
     fail,
@@ -42,6 +43,7 @@ from resnext_deploy.cli.options import (
     ClassNames,
     CpusPerActor,
     EmbedPreprocess,
+    EngineOpt,
     ExportDir,
     ExportOut,
     Force,
@@ -58,16 +60,24 @@ from resnext_deploy.cli.options import (
     Precisions,
     ProviderOpt,
     RayOpt,
+    Recommend,
     Resize,
     Seed,
     ShardSize,
     Std,
+    VerifyEngines,
     VerifyProviders,
     parse_floats3,
     parse_ints,
     read_class_names,
 )
 from resnext_deploy.export.calibration import CalibrationMethod
+
+if TYPE_CHECKING:
+    from resnext_deploy.export.pipeline import ExportConfig
+    from resnext_deploy.models.checkpoint import LoadOptions
+    from resnext_deploy.predict import EngineDecision
+from resnext_deploy.recommendation import Engine, EngineChoice
 from resnext_deploy.runtime.providers import Provider
 from resnext_deploy.spec import Optimizer
 
@@ -107,6 +117,7 @@ def export(
     int8_min_agreement: Int8MinAgreement = 0.99,
     calibration_method: CalibrationMethodOpt = CalibrationMethod.MINMAX,
     embed_preprocess: EmbedPreprocess = False,
+    recommend: Recommend = False,
     force: Force = False,
     as_json: AsJson = False,
 ) -> None:
@@ -141,12 +152,38 @@ def export(
             source=calibration, min_agreement=int8_min_agreement, method=calibration_method
         ),
     )
+    if recommend:
+        export_recommended(checkpoint, load, config, as_json)
+        return
     with err.status(f"exporting {checkpoint} ..."):
         result = export_checkpoint(checkpoint, load, config)
     if as_json:
         emit_json(result.to_dict())
     else:
         print_export(out, result)
+
+
+def export_recommended(
+    checkpoint: Path, load: LoadOptions, config: ExportConfig, as_json: bool
+) -> None:
+    """``export --recommend``: the export, then both engines measured on every variant and the
+    fastest that passed recorded in the manifest."""
+    from resnext_deploy.bench.recommend import RecordOptions, export_and_record
+    from resnext_deploy.render import print_export, print_recorded
+
+    with err.status(f"exporting {checkpoint}, then measuring the engines ...") as status:
+        result, recorded = export_and_record(
+            checkpoint,
+            load,
+            config,
+            RecordOptions(command=command_line()),
+            lambda step: status.update(f"measuring {step} ..."),
+        )
+    if as_json:
+        emit_json(result.to_dict() | {"recommendation": recorded.recommendation.to_dict()})
+        return
+    print_export(out, result)
+    print_recorded(out, recorded)
 
 
 @app.command()
@@ -156,11 +193,13 @@ def verify(
     images: Images = None,
     batch_sizes: BatchSizes = "1,2,3,8",
     provider: VerifyProviders = None,
+    engine: VerifyEngines = None,
     seed: Seed = 0,
     localize: Localize = False,
     as_json: AsJson = False,
 ) -> None:
-    """Check eager vs TorchScript vs onnxruntime parity of an export (exit 1 on failure)."""
+    """Check eager vs TorchScript vs onnxruntime (and OpenVINO) parity of an export (exit 1 on
+    failure)."""
     from resnext_deploy.artifact import open_artifact
     from resnext_deploy.localize import check_artifact
     from resnext_deploy.render import print_checked
@@ -174,6 +213,7 @@ def verify(
         seed=seed,
         providers=tuple(provider or (Provider.CPU,)),
         auto_cuda=not provider,
+        engines=(Engine.ONNXRUNTIME, *(engine or ())),
     )
     with err.status("comparing backends ...") as status:
         checked = check_artifact(artifact, config, localize, lambda s: status.update(f"{s} ..."))
@@ -274,6 +314,7 @@ def predict(
         int, typer.Option(min=1, max=MAX_PREDICT_BATCH_SIZE, help="Images per inference call.")
     ] = 16,
     provider: ProviderOpt = Provider.CPU,
+    engine: EngineOpt = EngineChoice.ONNXRUNTIME,
     fmt: Annotated[
         OutputFormat, typer.Option("--format", help="Output format.")
     ] = OutputFormat.TABLE,
@@ -287,7 +328,7 @@ def predict(
     column: ListingColumn = None,
     shard_size: ShardSize = None,
 ) -> None:
-    """Top-k labels with probabilities, using only onnxruntime, numpy and Pillow (no torch).
+    """Top-k labels with probabilities, using only onnxruntime (or OpenVINO), numpy and Pillow.
 
     Unreadable files are reported by name and skipped; the exit status is 1 if any were.
     With --ray: a folder tree or a listing (.txt, or a .csv/.parquet column) classified on Ray
@@ -295,26 +336,51 @@ def predict(
     started again with the same --out finishes what is left (needs the [batch] extra).
     """
     from resnext_deploy.cli.batch_commands import RayOptions, predict_with_ray, refuse_without_ray
+    from resnext_deploy.predict import choose_engine
 
     options = RayOptions(
         out_dir, address, actors, threads, cpus_per_actor, gpus_per_actor, column, shard_size
     )
+    if not ray:
+        refuse_without_ray(options)
+    chosen = choose_engine(model, engine, batch_size, provider)
+    for line in chosen.notes():
+        err.print(line)
     if ray:
         predict_with_ray(
-            model, images, options, top_k=top_k, batch_size=batch_size, provider=provider, fmt=fmt
+            Path(chosen.model),
+            images,
+            options,
+            top_k=top_k,
+            batch_size=batch_size,
+            provider=provider,
+            engine=chosen.engine,
+            fmt=fmt,
         )
-        return
-    refuse_without_ray(options)
+    else:
+        predict_here(chosen, images, top_k, batch_size, provider, fmt)
+
+
+def predict_here(
+    chosen: EngineDecision,
+    images: list[Path],
+    top_k: int,
+    batch_size: int,
+    provider: Provider,
+    fmt: OutputFormat,
+) -> None:
+    """``predict`` without ``--ray``: this process classifies, the results are printed."""
     from resnext_deploy.predict import Classifier, predict_paths
     from resnext_deploy.render import predictions_csv, print_failures, print_predictions
     from resnext_deploy.runtime.providers import SessionConfig
 
-    with Classifier(model, SessionConfig(provider=provider)) as classifier:
+    session = SessionConfig(provider=provider)
+    with Classifier(chosen.model, session, engine=chosen.engine) as classifier:
         if classifier.artifact is not None:
             warn_unlisted(classifier.artifact)
         result = predict_paths(classifier, images, top_k, batch_size)
     if fmt is OutputFormat.JSON:
-        emit_json({"model": str(model)} | result.to_dict())
+        emit_json({"model": str(chosen.model), "engine": chosen.engine.value} | result.to_dict())
     elif fmt is OutputFormat.CSV:
         sys.stdout.write(predictions_csv(result.predictions))
     else:

@@ -23,6 +23,7 @@ from resnext_deploy.bench.backends import BenchBackend
 from resnext_deploy.errors import ConfigError
 from resnext_deploy.export import triton
 from resnext_deploy.export.calibration import CalibrationMethod
+from resnext_deploy.recommendation import Engine, EngineChoice
 from resnext_deploy.runtime.providers import ConvAlgoSearch, Provider
 from resnext_deploy.serve import config as serving
 from resnext_deploy.spec import MAX_CLASSES, MAX_INPUT_SIZE, MAX_RESIZE, Layout
@@ -51,6 +52,14 @@ Seed = Annotated[int, typer.Option(min=0, max=MAX_SEED, help="Random seed.")]
 VariantOpt = Annotated[Variant, typer.Option(help="Which ONNX file of the export.")]
 ModelName = Annotated[str | None, typer.Option(help="Model name \\[default: the arch].")]
 ProviderOpt = Annotated[Provider, typer.Option(help="onnxruntime provider.")]
+EngineOpt = Annotated[
+    EngineChoice,
+    typer.Option(
+        help="onnxruntime, OpenVINO (CPU; pip install 'resnext-deploy[openvino]'), or auto: "
+        "the engine and variant the export's manifest records as measured fastest "
+        "(bench --engines --record)."
+    ),
+]
 Threads = Annotated[
     int | None,
     typer.Option(min=1, max=bench.MAX_THREADS, help="CPU threads \\[default: all cores]."),
@@ -120,12 +129,29 @@ Int8MinAgreement = Annotated[
 CalibrationMethodOpt = Annotated[
     CalibrationMethod, typer.Option(help="How int8 activation ranges are calibrated.")
 ]
+Recommend = Annotated[
+    bool,
+    typer.Option(
+        help="Then time every variant on onnxruntime and OpenVINO, gate each on accuracy, and "
+        "record the fastest per batch size in the manifest (what --engine auto runs; needs "
+        "the [openvino] extra; minutes on a CPU).",
+    ),
+]
 EmbedPreprocess = Annotated[
     bool,
     typer.Option(help="Also write a graph that takes uint8 NHWC images and returns probabilities."),
 ]
 
 # --- verify ------------------------------------------------------------------------------------
+VerifyEngines = Annotated[
+    list[Engine] | None,
+    typer.Option(
+        "--engine",
+        help="Engine every variant runs on (repeatable) \\[default: onnxruntime; openvino adds "
+        "OpenVINO's CPU plugin, held to the same tolerances].",
+        show_default=False,
+    ),
+]
 VerifyProviders = Annotated[
     list[Provider] | None,
     typer.Option(
@@ -165,6 +191,21 @@ Backends = Annotated[
 Peers = Annotated[
     bool,
     typer.Option(help="Add torch.compile and OpenVINO (f32 and default) to the default backends."),
+]
+Engines = Annotated[
+    bool,
+    typer.Option(
+        help="Measure every ONNX variant the run covers (none chosen: every variant of the "
+        "export) on both engines, onnxruntime and OpenVINO (CPU), check each against eager with "
+        "its variant's tolerance, and name the fastest that passed per batch size."
+    ),
+]
+Record = Annotated[
+    bool,
+    typer.Option(
+        help="Write the fastest passing engine x variant per batch size into the export's "
+        "manifest, what --engine auto runs (implies --engines; an export folder, --provider cpu)."
+    ),
 ]
 BenchBatchSizes = Annotated[
     str | None,

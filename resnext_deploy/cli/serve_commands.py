@@ -16,6 +16,7 @@ from resnext_deploy.cli.options import (
     Batching,
     BatchWaitMs,
     CpusPerReplica,
+    EngineOpt,
     ExportDir,
     Force,
     GpusPerReplica,
@@ -35,6 +36,9 @@ from resnext_deploy.cli.options import (
     WriteConfig,
     parse_ints,
 )
+from resnext_deploy.errors import ConfigError
+from resnext_deploy.predict import choose_engine
+from resnext_deploy.recommendation import Engine, EngineChoice
 from resnext_deploy.runtime.providers import ConvAlgoSearch, Provider
 from resnext_deploy.serve.config import (
     DEFAULT_BODY_TIMEOUT_S,
@@ -44,6 +48,10 @@ from resnext_deploy.serve.config import (
 )
 from resnext_deploy.terminal import styled
 
+ServeVariant = Annotated[
+    Variant | None,
+    typer.Option(help="Which ONNX file of the export \\[default: fp32; auto: the recorded one]."),
+]
 # Serve's limits on request bodies (kept here until cli/options.py takes them).
 BodyTimeoutS = Annotated[
     float,
@@ -119,8 +127,9 @@ def triton(
 @handles_errors
 def serve(
     export_dir: ExportDir,
-    variant: VariantOpt = Variant.FP32,
+    variant: ServeVariant = None,
     provider: ProviderOpt = Provider.CPU,
+    engine: EngineOpt = EngineChoice.ONNXRUNTIME,
     name: ModelName = None,
     replicas: Replicas = 1,
     max_batch_size: MaxBatchSize = 32,
@@ -144,10 +153,14 @@ def serve(
     from resnext_deploy.serve.config import ServeConfig
     from resnext_deploy.serve.run import serve_model, write_serve_config
 
+    chosen_engine, chosen_variant = served_engine(
+        export_dir, engine, variant, max_batch_size, provider
+    )
     config = ServeConfig(
         export_dir=export_dir,
-        variant=variant,
+        variant=chosen_variant,
         provider=provider,
+        engine=chosen_engine,
         model_name=name,
         replicas=replicas,
         max_batch_size=max_batch_size,
@@ -175,6 +188,27 @@ def serve(
         on_starting=lambda: err.print("starting Ray and deploying the model ..."),
     )
     err.print("stopped")
+
+
+def served_engine(
+    export_dir: Path,
+    engine: EngineChoice,
+    variant: Variant | None,
+    max_batch_size: int,
+    provider: Provider,
+) -> tuple[Engine, Variant]:
+    """The engine and variant ``serve`` runs: as named, or with ``auto`` the ones the manifest
+    records for batches of ``max_batch_size`` (then ``--variant`` is refused: auto chooses it)."""
+    chosen = choose_engine(export_dir, engine, max_batch_size, provider)
+    if chosen.pick is None:
+        return chosen.engine, variant or Variant.FP32
+    if variant is not None:
+        raise ConfigError(
+            "--engine auto chooses the variant too: leave --variant out, or name the engine"
+        )
+    for line in chosen.notes():
+        err.print(line)
+    return chosen.engine, Variant(chosen.pick.variant)
 
 
 @app.command()

@@ -39,6 +39,7 @@ from resnext_deploy.export.variants import (
 from resnext_deploy.fileio import atomic_write_text
 from resnext_deploy.models.checkpoint import LoadOptions, load_model
 from resnext_deploy.parity import ParityReport
+from resnext_deploy.runtime.openvino import LayerPrecisions
 from resnext_deploy.spec import ModelSpec
 from resnext_deploy.verify import VerifyConfig, compare_model_with_files
 
@@ -72,6 +73,8 @@ class ExportResult:
     convs: ConvSummary
     parity: ParityReport
     int8: Int8Result | None = None
+    # which layers OpenVINO's CPU plugin runs in int8 (None: no int8 variant or no OpenVINO)
+    openvino_int8: LayerPrecisions | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -81,6 +84,7 @@ class ExportResult:
             "conv_groups": self.convs.by_group,
             "parity": self.parity.to_dict(),
             "int8": self.int8.to_dict() if self.int8 else None,
+            "openvino_int8": self.openvino_int8.to_dict() if self.openvino_int8 else None,
         }
 
 
@@ -143,13 +147,28 @@ def export_model(model: nn.Module, spec: ModelSpec, config: ExportConfig) -> Exp
             )
             raise ParityError(f"parity gate failed, nothing was written ({failed})")
         parity = report.to_dict()
+        openvino = openvino_layers(stage / Variant.INT8.file) if int8 else None
         if int8 is not None:
             parity["int8"] = asdict(int8) | {"speedup": int8.speedup}
+            parity["int8"]["openvino"] = openvino.to_dict() if openvino else None
         atomic_write_text(stage / PARITY_FILE, json.dumps(parity, indent=2))
         files.append(PARITY_FILE)
         Manifest.build(stage, spec, versions, files).write(stage)
         sizes = {name: (stage / name).stat().st_size for name in files}
-    return ExportResult(out_dir, spec, sizes, convs, report, int8)
+    return ExportResult(out_dir, spec, sizes, convs, report, int8, openvino)
+
+
+def openvino_layers(path: Path) -> LayerPrecisions | None:
+    """Which compute layers of the int8 file OpenVINO's CPU plugin runs in int8, read from its
+    compiled runtime model; ``None`` where OpenVINO is not installed (an optional engine)."""
+    import importlib.util
+
+    if importlib.util.find_spec("openvino") is None:
+        return None
+    from resnext_deploy.runtime.openvino import OpenVinoRunner
+
+    with OpenVinoRunner(path, name="openvino-int8-layers") as runner:
+        return runner.layer_precisions()
 
 
 def default_out_dir(arch: str) -> Path:

@@ -88,6 +88,12 @@ class CpuInfo:
         return "+".join(names) or "no AVX2"
 
     @property
+    def label(self) -> str:
+        """The model with the instruction sets speed depends on: two CPUs that both call
+        themselves "AMD EPYC" may differ in AVX-512 and VNNI, and so in which engine wins."""
+        return f"{self.model} ({self.summary})"
+
+    @property
     def int8_accelerated(self) -> bool:
         """True when the CPU has an int8 dot-product instruction (VNNI or AMX)."""
         return self.vnni or self.amx

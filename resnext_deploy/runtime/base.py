@@ -18,7 +18,9 @@ from typing import TYPE_CHECKING, Any, Self
 
 import numpy as np
 
+from resnext_deploy.errors import ArtifactError, ConfigError
 from resnext_deploy.runtime.device_memory import DeviceMemory
+from resnext_deploy.spec import ModelSpec
 
 if TYPE_CHECKING:
     from resnext_deploy.runtime.tensorrt import TensorRTProfile
@@ -31,6 +33,37 @@ class BoundCall:
 
     run: Callable[[], Any]
     fetch: Callable[[], np.ndarray]
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """One input or output of a model file: its name, its element type as onnxruntime names it
+    (``tensor(float)``, ``tensor(uint8)``) and its shape, -1 for a dynamic axis."""
+
+    name: str
+    type: str
+    shape: tuple[int, ...]
+
+
+def spec_from_metadata(raw: str | None, source: str, expected: ModelSpec | None) -> ModelSpec:
+    """The :class:`ModelSpec` an export wrote into a model file's metadata (``raw``, ``None``
+    when the file has none). Raises :class:`ArtifactError` naming ``source`` when there is none,
+    when it does not parse, or when it differs from ``expected`` (the spec of the manifest beside
+    it: class names, sizes and normalisation must be the ones every consumer of the export
+    uses)."""
+    if raw is None:
+        raise ArtifactError(f"{source} carries no resnext-deploy spec in its metadata")
+    what = f"the spec in {source}'s metadata"
+    try:
+        spec = ModelSpec.from_json(raw)
+    except (ArtifactError, ConfigError) as exc:
+        raise ArtifactError(f"{what} is invalid: {exc}") from None
+    if expected is not None and spec != expected:
+        raise ArtifactError(
+            f"{what} differs from its export's manifest (class names, sizes or "
+            "normalisation): one of them was edited after export; re-export"
+        )
+    return spec
 
 
 class Runner(ABC):

@@ -28,7 +28,7 @@ from typing import Any, NoReturn
 import numpy as np
 
 from resnext_deploy.errors import ArtifactError, ConfigError, DeployError
-from resnext_deploy.runtime.base import BoundCall, Runner
+from resnext_deploy.runtime.base import BoundCall, Runner, TensorInfo, spec_from_metadata
 from resnext_deploy.runtime.device_memory import DeviceMemory, process_device_memory
 from resnext_deploy.runtime.placement import Placement, read_placement
 from resnext_deploy.runtime.providers import ORT_NAMES, Provider, SessionConfig, create_session
@@ -119,6 +119,8 @@ class OrtRunner(Runner):
             raise ArtifactError(f"{self.source} has no inputs or no outputs: not a model to run")
         self.input_name = inputs[0].name
         self.input_type = inputs[0].type
+        self.inputs = tuple(_tensor_info(m) for m in inputs)
+        self.outputs = tuple(_tensor_info(m) for m in self._outputs)
         self.output_name = self._outputs[0].name
         self.num_outputs = len(self._outputs)
         self.device = self.memory_device
@@ -285,24 +287,17 @@ class OrtRunner(Runner):
         return info
 
     def embedded_spec(self, expected: ModelSpec | None = None) -> ModelSpec:
-        """The :class:`ModelSpec` the export wrote into the model's metadata. Raises
-        :class:`ArtifactError` naming the file when there is none, when it does not parse, or
-        when it differs from ``expected`` (the spec of the manifest beside it: class names,
-        sizes and normalisation must be the ones every consumer of the export uses)."""
+        """The :class:`ModelSpec` the export wrote into the model's metadata, checked against
+        ``expected`` (:func:`~resnext_deploy.runtime.base.spec_from_metadata`)."""
         meta = self.session.get_modelmeta().custom_metadata_map
-        if SPEC_KEY not in meta:
-            raise ArtifactError(f"{self.source} carries no resnext-deploy spec in its metadata")
-        what = f"the spec in {self.source}'s metadata"
+        return spec_from_metadata(meta.get(SPEC_KEY), self.source, expected)
+
+    def run_outputs(self, batch: np.ndarray) -> list[np.ndarray]:
+        """Every output for ``batch``, in the model's order, in one session call."""
         try:
-            spec = ModelSpec.from_json(meta[SPEC_KEY])
-        except (ArtifactError, ConfigError) as exc:
-            raise ArtifactError(f"{what} is invalid: {exc}") from None
-        if expected is not None and spec != expected:
-            raise ArtifactError(
-                f"{what} differs from its export's manifest (class names, sizes or "
-                "normalisation): one of them was edited after export; re-export"
-            )
-        return spec
+            return list(self.session.run(None, {self.input_name: batch}, self._run_options))
+        except Exception as exc:  # noqa: BLE001 - onnxruntime's types share no base class
+            raise_onnxruntime_error(exc, self._run_failed(batch.shape))
 
     def close(self) -> None:
         self._bound.clear()
@@ -314,6 +309,11 @@ class OrtRunner(Runner):
         if self.engine is None or not self.config.tensorrt.engine_cache:
             return None
         return self.engine.cache_dir
+
+
+def _tensor_info(meta: Any) -> TensorInfo:
+    shape = tuple(d if isinstance(d, int) else -1 for d in meta.shape)
+    return TensorInfo(meta.name, meta.type, shape)
 
 
 def _listing(folder: Path | None) -> set[str]:

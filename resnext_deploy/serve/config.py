@@ -10,6 +10,7 @@ from typing import Any
 
 from resnext_deploy.artifact import Variant, check_model_name, model_name_for, parse_variant
 from resnext_deploy.errors import ConfigError
+from resnext_deploy.recommendation import Engine
 from resnext_deploy.runtime.providers import Provider
 from resnext_deploy.validate import check_float, check_int
 
@@ -46,7 +47,8 @@ class ServeConfig:
     ``max_batch_size`` bounds the images in one onnxruntime call, and the images one request may
     carry. ``batch_wait_ms`` is how long a replica waits for a batch to fill; with ``batching``
     off every request runs alone, one at a time per replica. ``threads`` is onnxruntime's
-    intra-op threads per replica (``None``: every core the replica's process may use).
+    intra-op threads per replica (``None``: every core the replica's process may use), or
+    OpenVINO's with ``engine`` OpenVINO (its CPU plugin).
     ``address`` is a Ray cluster to deploy to (``None``: start a local Ray, unless
     ``RAY_ADDRESS`` is set). A request body must arrive within ``body_timeout_s`` (408 after
     it); at most ``max_uploads`` bodies are read at once, each up to ``max_body_bytes``, before
@@ -56,6 +58,7 @@ class ServeConfig:
     export_dir: Path
     variant: Variant = Variant.FP32
     provider: Provider = Provider.CPU
+    engine: Engine = Engine.ONNXRUNTIME
     model_name: str | None = None
     replicas: int = 1
     max_batch_size: int = 32
@@ -81,6 +84,13 @@ class ServeConfig:
             check_model_name(self.model_name)
         if self.provider is Provider.TENSORRT:
             raise ConfigError("serving runs on the cpu or cuda provider, not tensorrt")
+        if not isinstance(self.engine, Engine):
+            raise ConfigError(f"unknown engine {self.engine!r}")
+        if self.engine is Engine.OPENVINO and self.provider is not Provider.CPU:
+            raise ConfigError(
+                f"the OpenVINO engine serves on the CPU here; the {self.provider.value} "
+                "provider is onnxruntime's: use --engine onnxruntime with it"
+            )
         check_int(self.replicas, "replicas", 1, MAX_REPLICAS)
         check_int(self.max_batch_size, "max batch size", 1, MAX_BATCH_SIZE)
         check_float(self.batch_wait_ms, "batch wait (ms)", 0, MAX_BATCH_WAIT_MS)
@@ -130,6 +140,7 @@ class ServeConfig:
         data = asdict(self)
         data["export_dir"] = str(Path(self.export_dir).resolve())
         data["variant"], data["provider"] = self.variant.value, self.provider.value
+        data["engine"] = self.engine.value
         return data
 
     @classmethod
@@ -149,6 +160,10 @@ class ServeConfig:
             data["provider"] = Provider(str(data.get("provider", "cpu")).lower())
         except ValueError:
             raise ConfigError(f"unknown provider {data.get('provider')!r}") from None
+        try:
+            data["engine"] = Engine(str(data.get("engine", "onnxruntime")).lower())
+        except ValueError:
+            raise ConfigError(f"unknown engine {data.get('engine')!r}") from None
         try:
             return cls(**data)
         except TypeError as exc:

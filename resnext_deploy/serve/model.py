@@ -1,6 +1,7 @@
 """The model one replica serves: a checked export's variant in an onnxruntime session built
-through the provider guard, its tensors as the protocol describes them, and the image path
-that preprocesses exactly as ``predict`` does. Ray-free, so it is tested without a cluster."""
+through the provider guard (or on OpenVINO's CPU plugin), its tensors as the protocol describes
+them, and the image path that preprocesses exactly as ``predict`` does. Ray-free, so it is
+tested without a cluster."""
 
 from __future__ import annotations
 
@@ -10,12 +11,16 @@ from resnext_deploy.artifact import OUTPUT_NAME, InputFormat, open_artifact
 from resnext_deploy.errors import ArtifactError
 from resnext_deploy.predict import Prediction, softmax, top_predictions
 from resnext_deploy.preprocess import preprocess, resize_and_crop
-from resnext_deploy.runtime.ort import OrtRunner
+from resnext_deploy.recommendation import Engine
+from resnext_deploy.runtime.base import TensorInfo
+from resnext_deploy.runtime.engines import open_runner
 from resnext_deploy.runtime.providers import CudaOptions, Provider, SessionConfig
 from resnext_deploy.serve.config import ServeConfig
 from resnext_deploy.serve.protocol import ORT_TO_V2, TensorSpec
 
-PLATFORM = "onnxruntime_onnx"
+# Triton's names: the platform and backend that run an ONNX file on each engine
+PLATFORMS = {Engine.ONNXRUNTIME: "onnxruntime_onnx", Engine.OPENVINO: "openvino"}
+BACKENDS = {Engine.ONNXRUNTIME: "onnxruntime", Engine.OPENVINO: "openvino"}
 
 
 def session_config(config: ServeConfig) -> SessionConfig:
@@ -30,11 +35,12 @@ def session_config(config: ServeConfig) -> SessionConfig:
     )
 
 
-def _tensor(meta: object) -> TensorSpec:
-    name, type_, shape = meta.name, meta.type, meta.shape  # type: ignore[attr-defined]
-    if type_ not in ORT_TO_V2:
-        raise ArtifactError(f"tensor {name!r} has type {type_}, which this server cannot carry")
-    return TensorSpec(name, ORT_TO_V2[type_], tuple(d if isinstance(d, int) else -1 for d in shape))
+def _tensor(meta: TensorInfo) -> TensorSpec:
+    if meta.type not in ORT_TO_V2:
+        raise ArtifactError(
+            f"tensor {meta.name!r} has type {meta.type}, which this server cannot carry"
+        )
+    return TensorSpec(meta.name, ORT_TO_V2[meta.type], meta.shape)
 
 
 class ServedModel:
@@ -50,13 +56,16 @@ class ServedModel:
         self.name = config.name_for(self.spec.arch)
         self.variant = config.variant
         self.max_batch_size = config.max_batch_size
-        self.runner = OrtRunner(path, session_config(config), name=f"serve-{self.name}")
-        session = self.runner.session
-        inputs = session.get_inputs()
-        if len(inputs) != 1:
-            raise ArtifactError(f"{path} has {len(inputs)} inputs; a served model needs one")
-        self.input = _tensor(inputs[0])
-        self.outputs = tuple(_tensor(o) for o in session.get_outputs())
+        self.engine, self.provider = config.engine, config.provider
+        self.runner = open_runner(
+            path, config.engine, session_config(config), name=f"serve-{self.name}"
+        )
+        if len(self.runner.inputs) != 1:
+            raise ArtifactError(
+                f"{path} has {len(self.runner.inputs)} inputs; a served model needs one"
+            )
+        self.input = _tensor(self.runner.inputs[0])
+        self.outputs = tuple(_tensor(o) for o in self.runner.outputs)
         if self.input.shape[0] != -1 or -1 in self.input.shape[1:]:
             raise ArtifactError(
                 f"{path}: the input needs a dynamic batch axis and fixed other axes"
@@ -68,13 +77,9 @@ class ServedModel:
     def output_names(self) -> tuple[str, ...]:
         return tuple(o.name for o in self.outputs)
 
-    @property
-    def provider(self) -> Provider:
-        return self.runner.config.provider
-
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         """Every output of the model for ``batch`` (run whole, in one session call)."""
-        values = self.runner.session.run(None, {self.input.name: batch})
+        values = self.runner.run_outputs(batch)
         return dict(zip(self.output_names, values, strict=True))
 
     def image_rows(self, rgb: np.ndarray) -> np.ndarray:
@@ -101,7 +106,7 @@ class ServedModel:
         return {
             "name": self.name,
             "versions": ["1"],
-            "platform": PLATFORM,
+            "platform": PLATFORMS[self.engine],
             "inputs": [self.input.to_dict()],
             "outputs": [o.to_dict() for o in self.outputs],
         }
@@ -114,8 +119,8 @@ class ServedModel:
 
         return {
             "name": self.name,
-            "platform": PLATFORM,
-            "backend": "onnxruntime",
+            "platform": PLATFORMS[self.engine],
+            "backend": BACKENDS[self.engine],
             "max_batch_size": self.max_batch_size,
             "input": [tensor(self.input)],
             "output": [tensor(o) for o in self.outputs],

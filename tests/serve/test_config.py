@@ -139,7 +139,7 @@ def test_only_serve_and_batch_runners_import_ray_and_nothing_below_imports_serve
         "resnext_deploy.serve", "resnext_deploy.runtime", "resnext_deploy.predict",
         "resnext_deploy.preprocess", "resnext_deploy.artifact", "resnext_deploy.spec",
         "resnext_deploy.errors", "resnext_deploy.fileio", "resnext_deploy.validate",
-        "resnext_deploy.interrupts", "resnext_deploy.raylocal",
+        "resnext_deploy.interrupts", "resnext_deploy.raylocal", "resnext_deploy.recommendation",
     )  # fmt: skip
     for path in PACKAGE.rglob("*.py"):
         names = _imports(path)
