@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -19,3 +21,20 @@ def wait_until_serving(proc: subprocess.Popen[bytes], log: Path) -> None:
         if proc.poll() is not None or time.monotonic() > deadline:
             pytest.fail(f"serve did not start:\n{log.read_text()[-3000:]}")
         time.sleep(0.5)
+
+
+@contextmanager
+def serving(
+    command: list[str], log: Path, env: dict[str, str]
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Start ``command`` (a ``serve``) with its output in ``log``, yield it once it serves, and
+    kill it afterwards if it is still running."""
+    with log.open("wb") as sink:
+        proc = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=env)
+    try:
+        wait_until_serving(proc, log)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)

@@ -27,7 +27,7 @@ from PIL import Image
 
 from resnext_deploy.predict import Classifier, predict_paths, softmax
 from resnext_deploy.preprocess import preprocess
-from tests.serve.running import wait_until_serving
+from tests.serve.running import serving
 
 triton = pytest.importorskip("tritonclient.http", reason="the serve tests need the [test] extra")
 InferenceServerException = pytest.importorskip("tritonclient.utils").InferenceServerException
@@ -84,16 +84,8 @@ def server(tiny_export: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
         "--max-batch-size", "4", "--batch-wait-ms", "50", "--max-body-mb", str(MAX_BODY_MB),
         "--threads", "1",
     ]  # fmt: skip
-    with log.open("wb") as sink:
-        proc = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=env)
-    server = Server(proc, port, metrics_port, log)
-    try:
-        wait_until_serving(proc, log)
-        yield server
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=30)
+    with serving(command, log, env) as proc:
+        yield Server(proc, port, metrics_port, log)
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +16,7 @@ from PIL import Image
 
 from resnext_deploy.predict import Classifier, predict_paths
 from tests.photos import colour_photos
-from tests.serve.running import wait_until_serving
+from tests.serve.running import serving
 from tests.serve.test_server import Server, _free_port, _http
 
 pytest.importorskip("openvino")
@@ -36,20 +35,8 @@ def openvino_server(
         "--engine", "openvino", "--host", "127.0.0.1", "--port", str(port),
         "--metrics-port", str(metrics_port), "--max-batch-size", "4", "--threads", "1",
     ]  # fmt: skip
-    with log.open("wb") as sink:
-        proc = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=env)
-    server = Server(proc, port, metrics_port, log)
-    try:
-        wait_until_serving(proc, log)
-        yield server
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=30)
+    with serving(command, log, env) as proc:
+        yield Server(proc, port, metrics_port, log)
 
 
 def test_the_openvino_replica_answers_colour_photos_as_onnxruntime_predict(
