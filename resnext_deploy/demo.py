@@ -360,6 +360,8 @@ def _print_where_everything_is(demo: _Demo, out: Path, files: dict[str, Path]) -
         "|logit| of the reference (PyTorch eager); 'x eager' is eager's median latency over the "
         "backend's at the same batch size; img/s = batch size / median latency.\n"
         f"Next: resnext-deploy predict {out} your_images/ | resnext-deploy triton {out} | "
+        f"resnext-deploy bench {out} --engines --record (onnxruntime or OpenVINO, measured; "
+        "then predict --engine auto) | "
         f"node examples/node/classify.js {out}/model.preprocess.onnx {samples_dir}/000_*.png",
         highlight=False,
         soft_wrap=True,
