@@ -229,12 +229,18 @@ def _variant_runners(
             try:
                 runner = OrtRunner(directory / variant.file, session, name=name)
             except DeployError as exc:  # onnxruntime's own errors arrive as ArtifactError
-                # An unverifiable variant is not a verified one: refuse rather than skip.
-                raise ParityError(
-                    f"the {variant.value} variant cannot run on onnxruntime's {provider.value} "
-                    f"provider, so it cannot be verified: {first_line(exc, 200)}"
-                ) from None
+                where = f"onnxruntime's {provider.value} provider"
+                raise unverifiable(variant, where, exc) from None
             yield runner, variant.tolerance
+
+
+def unverifiable(variant: Variant, where: str, exc: BaseException) -> ParityError:
+    """The error for a variant that cannot run on ``where``: an unverifiable variant is not a
+    verified one, so it is refused rather than skipped."""
+    return ParityError(
+        f"the {variant.value} variant cannot run on {where}, so it cannot be verified: "
+        f"{first_line(exc, 200)}"
+    )
 
 
 def _openvino_runners(
@@ -254,11 +260,7 @@ def _openvino_runner(path: Path, variant: Variant) -> OpenVinoRunner:
     try:
         return OpenVinoRunner(path, name=f"openvino-cpu{variant.suffix}")
     except ArtifactError as exc:  # OpenVINO's own errors arrive as ArtifactError
-        # An unverifiable variant is not a verified one: refuse rather than skip.
-        raise ParityError(
-            f"the {variant.value} variant cannot run on OpenVINO, so it cannot be verified: "
-            f"{first_line(exc, 200)}"
-        ) from None
+        raise unverifiable(variant, "OpenVINO", exc) from None
 
 
 class NormalizingRunner(Runner):

@@ -262,12 +262,10 @@ def _torch_or_peer(kind: BenchBackend, ctx: BackendContext) -> Runner:
 def check_installed(kinds: tuple[BenchBackend, ...], engines: bool = False) -> None:
     """Raise :class:`ConfigError` before any work when a backend in ``kinds`` (or ``engines``:
     ``--engines``, which measures OpenVINO) needs OpenVINO and this environment lacks it."""
-    import importlib.util
-
-    from resnext_deploy.runtime.openvino import INSTALL_HINT
+    from resnext_deploy.runtime.openvino import INSTALL_HINT, openvino_installed
 
     wanted = [k.value for k in kinds if k in OPENVINO_BACKENDS]
-    if not (wanted or engines) or importlib.util.find_spec("openvino") is not None:
+    if not (wanted or engines) or openvino_installed():
         return
     what = "--engines" if engines else f"backend {', '.join(wanted)}"
     raise ConfigError(

@@ -144,10 +144,10 @@ class BenchReport:
             command=str(data.get("command") or config.get("command", "")),
             overhead=_optional(HarnessOverhead.from_dict, data.get("overhead")),
             compute_floor=_optional(ComputeFloor.from_dict, data.get("compute_floor")),
-            best=_per_batch(data.get("best") or {}, "best"),
-            tuning=_per_batch(data["tuning"], "tuning") if data.get("tuning") else None,
+            best=_per_batch(data.get("best") or {}, "best", str),
+            tuning=_per_batch(data["tuning"], "tuning", str) if data.get("tuning") else None,
             gate=[GateResult.from_dict(g) for g in _block(data.get("gate"), list, "gate")],
-            recommended=_picks(data.get("recommended")),
+            recommended=_per_batch(data.get("recommended"), "recommended", Pick.from_dict),
         )
 
 
@@ -173,24 +173,15 @@ def _number(value: Any, what: str) -> float:
     return check_float(value, what, 0.0, MAX_FIGURE, BenchmarkError)
 
 
-def _per_batch(value: Any, what: str) -> dict[int, str]:
-    """A ``{"<batch size>": "<backend>"}`` block."""
+def _per_batch(value: Any, what: str, read: Callable[[Any], T]) -> dict[int, T]:
+    """A ``{"<batch size>": <item>}`` block, each item read by ``read`` (``str`` for a
+    backend's name; :meth:`Pick.from_dict` raises :class:`ConfigError` for a pick that is not
+    one)."""
     found = {}
-    for key, backend in _block(value, dict, what).items():
+    for key, item in _block(value, dict, what).items():
         if not (key.isdigit() and len(key) <= 10):
             raise BenchmarkError(f"{what}: {key!r} is not a batch size")
-        found[_count(int(key), what)] = str(backend)
-    return found
-
-
-def _picks(value: Any) -> dict[int, Pick]:
-    """A ``{"<batch size>": <pick>}`` block (raises :class:`ConfigError` for a pick that is
-    not one)."""
-    found = {}
-    for key, pick in _block(value, dict, "recommended").items():
-        if not (key.isdigit() and len(key) <= 10):
-            raise BenchmarkError(f"recommended: {key!r} is not a batch size")
-        found[_count(int(key), "recommended")] = Pick.from_dict(pick)
+        found[_count(int(key), what)] = read(item)
     return found
 
 

@@ -161,11 +161,10 @@ def export_model(model: nn.Module, spec: ModelSpec, config: ExportConfig) -> Exp
 def openvino_layers(path: Path) -> LayerPrecisions | None:
     """Which compute layers of the int8 file OpenVINO's CPU plugin runs in int8, read from its
     compiled runtime model; ``None`` where OpenVINO is not installed (an optional engine)."""
-    import importlib.util
+    from resnext_deploy.runtime.openvino import OpenVinoRunner, openvino_installed
 
-    if importlib.util.find_spec("openvino") is None:
+    if not openvino_installed():
         return None
-    from resnext_deploy.runtime.openvino import OpenVinoRunner
 
     with OpenVinoRunner(path, name="openvino-int8-layers") as runner:
         return runner.layer_precisions()

@@ -117,6 +117,13 @@ def _is8(key: str) -> bool:
     return key.rsplit(" ", 1)[-1] in _INT8
 
 
+def openvino_installed() -> bool:
+    """Whether the optional ``openvino`` package is importable (without importing it)."""
+    import importlib.util
+
+    return importlib.util.find_spec("openvino") is not None
+
+
 def openvino_module() -> Any:
     """The ``openvino`` package, or :class:`ConfigError` naming the extra that installs it."""
     try:

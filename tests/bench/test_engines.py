@@ -225,25 +225,11 @@ def replace_failed(g: GateResult) -> GateResult:
     return GateResult(backend=g.backend, engine=g.engine, variant=g.variant, failures=("wrong",))
 
 
-def test_a_report_with_no_passing_row_cannot_be_recorded() -> None:
-    report = BenchReport(
-        model="m",
-        arch=TINY,
-        input_size=64,
-        gmacs_per_image=0.1,
-        provider="cpu",
-        threads=1,
-        batch_sizes=[1],
-        results=[row("openvino-cpu-int8", 1, 1.0)],
-        gate=[GATE[3]],
-    )
-    with pytest.raises(BenchmarkError, match="openvino-cpu-int8: cosine similarity"):
-        recommendation_of(report)
-
-
-def test_the_gate_and_the_picks_round_trip_through_the_json_report() -> None:
-    results = [row(g.backend, 1, 2.0 + i) for i, g in enumerate(GATE)]
-    report = BenchReport(
+def batch1_report(
+    results: list[Measurement], gate: list[GateResult], recommended: dict[int, Pick] | None = None
+) -> BenchReport:
+    """A report of the tiny model at batch 1 with these rows and gate results."""
+    return BenchReport(
         model="m",
         arch=TINY,
         input_size=64,
@@ -252,9 +238,20 @@ def test_the_gate_and_the_picks_round_trip_through_the_json_report() -> None:
         threads=1,
         batch_sizes=[1],
         results=results,
-        gate=GATE,
-        recommended=fastest_passing(results, GATE),
+        gate=gate,
+        recommended=recommended or {},
     )
+
+
+def test_a_report_with_no_passing_row_cannot_be_recorded() -> None:
+    report = batch1_report([row("openvino-cpu-int8", 1, 1.0)], [GATE[3]])
+    with pytest.raises(BenchmarkError, match="openvino-cpu-int8: cosine similarity"):
+        recommendation_of(report)
+
+
+def test_the_gate_and_the_picks_round_trip_through_the_json_report() -> None:
+    results = [row(g.backend, 1, 2.0 + i) for i, g in enumerate(GATE)]
+    report = batch1_report(results, GATE, fastest_passing(results, GATE))
     again = BenchReport.from_dict(json.loads(report.to_json()))
     assert again.gate == GATE and again.recommended == report.recommended
     assert again.recommended[1] == Pick(Engine.ONNXRUNTIME, "fp32", 2.0, 1.0)
