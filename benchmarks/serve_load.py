@@ -2,11 +2,11 @@
 
 For each round: in-process onnxruntime throughput at batch 1, 8 and the server's max batch
 (the same session settings the replicas use), then the server with dynamic batching on and
-with it off, each driven at concurrency 1, 8 and 32 by closed-loop asyncio clients using
-tritonclient's HTTP client (binary tensors, as Triton clients send them). Every request is one
-224x224 image. Rounds interleave the three, and the report gives medians over rounds.
+with it off, each driven at concurrency 1, 2, 4, 8, 16, 32 and 64 by closed-loop asyncio
+clients using tritonclient's HTTP client (binary tensors, as Triton clients send them). Every
+request is one 224x224 image. Rounds interleave the three, and the report gives medians over rounds.
 
-Usage (about 15 minutes for 3 rounds on 2 cores):
+Usage (about 35 minutes for 3 rounds on 2 cores):
 
     python benchmarks/serve_load.py --rounds 3 --out benchmarks/results
 
@@ -392,7 +392,9 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=20.0, help="measured seconds per level")
     parser.add_argument("--warmup", type=float, default=6.0, help="unmeasured seconds per level")
     parser.add_argument(
-        "--concurrency", type=lambda t: [int(v) for v in t.split(",")], default=[1, 8, 32]
+        "--concurrency",
+        type=lambda t: [int(v) for v in t.split(",")],
+        default=[1, 2, 4, 8, 16, 32, 64],
     )
     parser.add_argument("--max-batch-size", type=int, default=32)
     parser.add_argument("--batch-wait-ms", type=float, default=5.0)

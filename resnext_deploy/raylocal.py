@@ -5,6 +5,7 @@ Shared by ``serve`` and ``predict --ray``; imports Ray only inside its functions
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 from collections.abc import Iterator
@@ -17,6 +18,12 @@ from resnext_deploy.errors import DeployError, first_line
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 PR_SET_CHILD_SUBREAPER = 36  # <linux/prctl.h>
+# Ray's switch between a cluster-capable node (its address: the machine's, its servers on every
+# interface) and a single-machine one (its address: loopback, as Ray runs on macOS/Windows).
+SINGLE_MACHINE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+# Ray starts its workers at nice +15 (RayConfig worker_niceness, an increment): a replica or an
+# inference actor would yield the CPU to any ordinary process on a shared host.
+LOCAL_SYSTEM_CONFIG = {"worker_niceness": 0}
 
 
 @contextmanager
@@ -115,17 +122,20 @@ def start_ray(
 ) -> None:
     """``ray.init``: a new local Ray when ``address`` is None (never one that ``ray start`` left
     running: plain ``ray.init()`` would join /tmp/ray/ray_current_cluster), started with
-    ``local_options``; else join the cluster at ``address``. Raises :class:`Interrupted` when
+    ``local_options``, on loopback and with workers at this process's priority; else join the
+    cluster at ``address``. Raises :class:`Interrupted` when
     Ray's own SIGTERM handler ends in ``sys.exit``, and ``error`` saying why Ray could not start
     or be reached."""
     try:
         if address is None:
-            ray.init(
-                address="local",
-                include_dashboard=False,
-                logging_level=logging.WARNING,
-                **local_options,
-            )
+            with _single_machine(ray):
+                ray.init(
+                    address="local",
+                    include_dashboard=False,
+                    logging_level=logging.WARNING,
+                    _system_config=LOCAL_SYSTEM_CONFIG,
+                    **local_options,
+                )
         else:
             ray.init(address=address, logging_level=logging.WARNING)
     except SystemExit:
@@ -144,3 +154,23 @@ def ray_cause(exc: BaseException) -> str:
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
     ours = [ln for ln in lines if "Error: " in ln and not ln.startswith("File ")]
     return (ours[-1] if ours else first_line(exc))[:500]
+
+
+@contextmanager
+def _single_machine(ray: Any) -> Iterator[None]:
+    """While a local Ray starts: its node address is loopback, so the GCS, the raylet, every
+    worker's gRPC server, the agents and the metrics endpoint listen on loopback only (with the
+    machine's address, they listen on every interface). Nothing outside this machine joins a
+    local Ray. The environment reaches the processes Ray starts; the constant is this process's
+    copy, read when ``ray.init`` picks the node address."""
+    constants = ray._private.ray_constants
+    saved_env, saved_flag = os.environ.get(SINGLE_MACHINE_ENV), constants.ENABLE_RAY_CLUSTER
+    os.environ[SINGLE_MACHINE_ENV], constants.ENABLE_RAY_CLUSTER = "0", False
+    try:
+        yield
+    finally:
+        constants.ENABLE_RAY_CLUSTER = saved_flag
+        if saved_env is None:
+            os.environ.pop(SINGLE_MACHINE_ENV, None)
+        else:
+            os.environ[SINGLE_MACHINE_ENV] = saved_env

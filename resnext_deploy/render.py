@@ -470,18 +470,23 @@ def print_serving(console: Console, info: ServeInfo) -> None:
     """Where a served model answers (a :class:`resnext_deploy.serve.run.ServeInfo`)."""
     where = f"Ray cluster {info.cluster}" if info.cluster else "a local Ray"
     batching = "dynamic batching" if info.batching else "no batching"
-    console.print(
-        styled("serving", "green"),
-        f"{info.model} on {where}: {info.replicas} replica(s), {batching}\n"
-        f"  health    {info.url}/v2/health/ready\n"
-        f"  metadata  {info.url}/v2/models/{info.model}\n"
-        f"  infer     {info.infer_url}   (Open Inference Protocol / tritonclient)\n"
-        f"  images    {info.classify_url}?top_k=5   (POST JPEG or PNG bytes)\n"
-        f"  metrics   {info.metrics_url or 'see the Ray cluster metrics endpoint'}\n"
+    lines = [
+        f"{info.model} on {where}: {info.replicas} replica(s), {batching}",
+        f"  health    {info.url}/v2/health/ready",
+        f"  metadata  {info.url}/v2/models/{info.model}",
+        f"  infer     {info.infer_url}   (Open Inference Protocol / tritonclient)",
+        f"  images    {info.classify_url}?top_k=5   (POST JPEG or PNG bytes)",
+        f"  stats     {info.url}/v2/models/{info.model}/stats",
+    ]
+    if info.grpc_address:
+        lines.append(
+            f"  grpc      {info.grpc_address}   (GRPCInferenceService / tritonclient.grpc)"
+        )
+    lines += [
+        f"  metrics   {info.metrics_url or 'see the Ray cluster metrics endpoint'}",
         "Ctrl-C stops it.",
-        highlight=False,
-        soft_wrap=True,
-    )
+    ]
+    console.print(styled("serving", "green"), "\n".join(lines), highlight=False, soft_wrap=True)
 
 
 def print_localization(

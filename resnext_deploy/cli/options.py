@@ -289,6 +289,15 @@ Batching = Annotated[
 ]
 Host = Annotated[str, typer.Option(help="HTTP address to listen on.")]
 Port = Annotated[int, typer.Option(min=1, max=MAX_PORT, help="HTTP port.")]
+GrpcPort = Annotated[
+    int | None,
+    typer.Option(
+        min=1,
+        max=MAX_PORT,
+        help="Also serve the protocol over gRPC on this port (Triton's GRPCInferenceService, "
+        "on --host) \\[default: HTTP only].",
+    ),
+]
 RayAddress = Annotated[
     str | None,
     typer.Option(help="Ray cluster to deploy to \\[default: $RAY_ADDRESS, else a local Ray]."),

@@ -20,6 +20,7 @@ from resnext_deploy.cli.options import (
     ExportDir,
     Force,
     GpusPerReplica,
+    GrpcPort,
     Host,
     Instances,
     MaxBatchSize,
@@ -45,6 +46,7 @@ from resnext_deploy.serve.config import (
     DEFAULT_MAX_UPLOADS,
     MAX_BODY_TIMEOUT_S,
     MAX_UPLOADS,
+    ServeConfig,
 )
 from resnext_deploy.terminal import styled
 
@@ -137,6 +139,7 @@ def serve(
     batching: Batching = True,
     host: Host = "127.0.0.1",
     port: Port = 8000,
+    grpc_port: GrpcPort = None,
     address: RayAddress = None,
     threads: Threads = None,
     cpus_per_replica: CpusPerReplica = 1.0,
@@ -148,11 +151,8 @@ def serve(
     access_log: AccessLog = True,
     write_config: WriteConfig = None,
 ) -> None:
-    """Serve an export over HTTP on Ray Serve (Open Inference Protocol), until Ctrl-C."""
-    from resnext_deploy.render import print_serving
-    from resnext_deploy.serve.config import ServeConfig
-    from resnext_deploy.serve.run import serve_model, write_serve_config
-
+    """Serve an export on Ray Serve (Open Inference Protocol over HTTP, and gRPC with
+    --grpc-port), until Ctrl-C."""
     chosen_engine, chosen_variant = served_engine(
         export_dir, engine, variant, max_batch_size, provider
     )
@@ -168,6 +168,7 @@ def serve(
         batching=batching,
         host=host,
         port=port,
+        grpc_port=grpc_port,
         address=address,
         threads=threads,
         cpus_per_replica=cpus_per_replica,
@@ -178,6 +179,14 @@ def serve(
         metrics_port=metrics_port,
         access_log=access_log,
     )
+    _write_or_serve(config, write_config)
+
+
+def _write_or_serve(config: ServeConfig, write_config: Path | None) -> None:
+    """Write the Serve config file where asked, else serve until a signal."""
+    from resnext_deploy.render import print_serving
+    from resnext_deploy.serve.run import serve_model, write_serve_config
+
     if write_config is not None:
         written = write_serve_config(config, write_config)
         out.print(styled("wrote", "green"), str(written), highlight=False)

@@ -49,6 +49,7 @@ class ServeConfig:
     off every request runs alone, one at a time per replica. ``threads`` is onnxruntime's
     intra-op threads per replica (``None``: every core the replica's process may use), or
     OpenVINO's with ``engine`` OpenVINO (its CPU plugin).
+    ``grpc_port``: also serve the protocol's gRPC form there (``None``: HTTP only).
     ``address`` is a Ray cluster to deploy to (``None``: start a local Ray, unless
     ``RAY_ADDRESS`` is set). A request body must arrive within ``body_timeout_s`` (408 after
     it); at most ``max_uploads`` bodies are read at once, each up to ``max_body_bytes``, before
@@ -66,6 +67,7 @@ class ServeConfig:
     batching: bool = True
     host: str = "127.0.0.1"
     port: int = DEFAULT_PORT
+    grpc_port: int | None = None
     address: str | None = None
     threads: int | None = None
     cpus_per_replica: float = 1.0
@@ -95,6 +97,10 @@ class ServeConfig:
         check_int(self.max_batch_size, "max batch size", 1, MAX_BATCH_SIZE)
         check_float(self.batch_wait_ms, "batch wait (ms)", 0, MAX_BATCH_WAIT_MS)
         check_int(self.port, "port", 1, 65535)
+        if self.grpc_port is not None:
+            check_int(self.grpc_port, "gRPC port", 1, 65535)
+            if self.grpc_port == self.port:
+                raise ConfigError(f"the HTTP and gRPC ports must differ, both are {self.port}")
         if self.metrics_port is not None:
             check_int(self.metrics_port, "metrics port", 1, 65535)
         if self.threads is not None:

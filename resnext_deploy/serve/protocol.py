@@ -9,7 +9,9 @@ Outputs go back as JSON or binary, per output (``binary_data``) or for all of th
 (``classification: k`` -> ``"value:index:label"`` strings), as in Triton.
 
 Every malformed request raises :class:`RequestError` with an HTTP status and a message that
-says what was wrong, before anything reaches the model.
+says what was wrong, before anything reaches the model. :func:`parse_request` holds those rules
+for every transport: the gRPC API (:mod:`.grpc_protocol`) translates its requests into the same
+JSON form.
 """
 
 from __future__ import annotations
@@ -101,11 +103,29 @@ def parse_infer_request(
 ) -> InferRequest:
     """Parse and validate an infer request body for a model with one input.
 
-    Raises :class:`RequestError` (400) for malformed JSON, a wrong input name, datatype, shape
-    or data size, a batch larger than ``max_batch_size``, or an unknown output.
+    Raises :class:`RequestError` (400) for malformed JSON, a bad binary header length, or
+    anything :func:`parse_request` refuses.
     """
     header, binary = _split_body(body, header_length)
-    request = _json_request(header)
+    return parse_request(_json_request(header), binary, model_input, output_names, max_batch_size)
+
+
+def parse_request(
+    request: Any,
+    binary: bytes,
+    model_input: TensorSpec,
+    output_names: tuple[str, ...],
+    max_batch_size: int,
+) -> InferRequest:
+    """Validate an infer request in the protocol's JSON form, ``binary`` holding the tensor
+    bytes its inputs' ``binary_data_size`` parameters declare. The one set of rules for every
+    transport: HTTP parses its JSON header into this form and gRPC translates its protobuf
+    into it, so both refuse the same requests with the same messages.
+
+    Raises :class:`RequestError` (400) for a wrong input name, datatype, shape or data size,
+    NaN or infinity in a float input, a batch larger than ``max_batch_size``, or an unknown
+    output.
+    """
     if not isinstance(request, dict):
         raise bad_request("the request must be a JSON object with an 'inputs' list")
     inputs = request.get("inputs")
@@ -291,13 +311,8 @@ def encode_infer_response(
     labels: list[str],
 ) -> tuple[bytes, dict[str, str]]:
     """The response body and headers: JSON, or a JSON header followed by binary tensors."""
-    wanted = request.outputs or tuple(RequestedOutput(name) for name in outputs)
     entries, chunks = [], []
-    for want in wanted:
-        value = outputs[want.name]
-        if want.class_count:
-            value = classification(value, want.class_count, labels)
-        datatype = "BYTES" if value.dtype == object else NUMPY_TO_V2[value.dtype.str]
+    for want, datatype, value in requested_outputs(request, outputs, labels):
         entry: dict[str, Any] = {
             "name": want.name,
             "datatype": datatype,
@@ -305,11 +320,7 @@ def encode_infer_response(
         }
         binary = request.binary_output if want.binary is None else want.binary
         if binary:
-            raw = (
-                serialize_bytes(value)
-                if datatype == "BYTES"
-                else np.ascontiguousarray(value).tobytes()
-            )
+            raw = raw_bytes(value, datatype)
             entry["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)
         else:
@@ -325,6 +336,30 @@ def encode_infer_response(
         "content-type": "application/octet-stream",
         BINARY_HEADER: str(len(header)),
     }
+
+
+def requested_outputs(
+    request: InferRequest, outputs: dict[str, np.ndarray], labels: list[str]
+) -> list[tuple[RequestedOutput, str, np.ndarray]]:
+    """The outputs to send back, in order, each with its datatype and value: those the request
+    names (all of the model's where it names none), the classification extension applied."""
+    wanted = request.outputs or tuple(RequestedOutput(name) for name in outputs)
+    selected = []
+    for want in wanted:
+        value = outputs[want.name]
+        if want.class_count:
+            value = classification(value, want.class_count, labels)
+        datatype = "BYTES" if value.dtype == object else NUMPY_TO_V2[value.dtype.str]
+        selected.append((want, datatype, value))
+    return selected
+
+
+def raw_bytes(value: np.ndarray, datatype: str) -> bytes:
+    """A tensor's bytes as the protocol carries them: row-major, little-endian (BYTES as
+    :func:`serialize_bytes`)."""
+    if datatype == "BYTES":
+        return serialize_bytes(value)
+    return np.ascontiguousarray(value).tobytes()
 
 
 def json_bytes(data: Any) -> bytes:

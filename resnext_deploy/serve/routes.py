@@ -7,6 +7,7 @@ Open Inference Protocol (KServe v2), as Triton serves it::
     GET  /v2/models/<name>[/versions/1]         model metadata: tensor names, datatypes, shapes
     GET  /v2/models/<name>[/versions/1]/ready   200 when the model is ready
     GET  /v2/models/<name>[/versions/1]/config  Triton's model configuration (JSON form)
+    GET  /v2/models[/<name>[/versions/1]]/stats Triton's statistics extension
     POST /v2/models/<name>[/versions/1]/infer   inference, JSON or binary tensors
 
 and one endpoint of our own::
@@ -35,8 +36,11 @@ from resnext_deploy.serve.protocol import (
     json_bytes,
     parse_infer_request,
 )
+from resnext_deploy.serve.stats import ModelStatistics
 
 Infer = Callable[[np.ndarray], Awaitable[dict[str, np.ndarray]]]
+Statistics = Callable[[], Awaitable[ModelStatistics]]
+EXTENSIONS = ["binary_tensor_data", "classification", "statistics"]
 log = logging.getLogger(__name__)
 
 
@@ -67,12 +71,20 @@ class HttpResponse:
 
 class InferenceAPI:
     """Routes requests for one model; ``infer`` runs a validated input batch (batched or not,
-    as the server decides) and returns every output of the model."""
+    as the server decides) and returns every output of the model; ``statistics`` gives the
+    model's counts (summed over replicas, as the server decides)."""
 
-    def __init__(self, model: ServedModel, infer: Infer, max_image_pixels: int) -> None:
+    def __init__(
+        self,
+        model: ServedModel,
+        infer: Infer,
+        max_image_pixels: int,
+        statistics: Statistics | None = None,
+    ) -> None:
         self.model = model
         self.infer = infer
         self.max_image_pixels = max_image_pixels
+        self.statistics = statistics
 
     async def handle(self, request: HttpRequest) -> HttpResponse:
         """Answer ``request``; never raises (errors become 4xx/5xx responses)."""
@@ -89,7 +101,7 @@ class InferenceAPI:
         if parts[:1] == ["v2"]:
             return await self._v2(request, parts[1:])
         if len(parts) == 3 and parts[0] == "models" and parts[2] == "classify":
-            self._check_model(parts[1])
+            check_model(self.model.name, parts[1])
             _allow(request, "POST")
             return await self._classify(request)
         raise RequestError(404, f"no such endpoint: {request.path}")
@@ -98,23 +110,20 @@ class InferenceAPI:
         if not parts:
             _allow(request, "GET")
             return HttpResponse.json(
-                {
-                    "name": "resnext-deploy",
-                    "version": __version__,
-                    "extensions": ["binary_tensor_data", "classification"],
-                }
+                {"name": "resnext-deploy", "version": __version__, "extensions": EXTENSIONS}
             )
         if parts[0] == "health" and len(parts) == 2 and parts[1] in ("live", "ready"):
             _allow(request, "GET")
             return HttpResponse(200, b"", {})
         if parts[0] != "models" or len(parts) < 2:
             raise RequestError(404, f"no such endpoint: {request.path}")
-        self._check_model(parts[1])
-        rest = parts[2:]
+        if parts[1:] == ["stats"]:  # every model's: this server has one
+            _allow(request, "GET")
+            return await self._stats()
+        rest, version = parts[2:], ""
         if rest[:1] == ["versions"]:
-            if len(rest) < 2 or rest[1] != "1":
-                raise RequestError(404, f"model {self.model.name!r} has only version 1")
-            rest = rest[2:]
+            version, rest = (rest[1] if len(rest) > 1 else "none"), rest[2:]
+        check_model(self.model.name, parts[1], version)
         if not rest:
             _allow(request, "GET")
             return HttpResponse.json(self.model.metadata())
@@ -124,14 +133,13 @@ class InferenceAPI:
         if rest == ["config"]:
             _allow(request, "GET")
             return HttpResponse.json(self.model.triton_config())
+        if rest == ["stats"]:
+            _allow(request, "GET")
+            return await self._stats()
         if rest == ["infer"]:
             _allow(request, "POST")
             return await self._infer(request)
         raise RequestError(404, f"no such endpoint: {request.path}")
-
-    def _check_model(self, name: str) -> None:
-        if name != self.model.name:
-            raise RequestError(404, f"unknown model {name!r}; this server has {self.model.name!r}")
 
     async def _infer(self, request: HttpRequest) -> HttpResponse:
         _identity_encoding(request)
@@ -147,6 +155,10 @@ class InferenceAPI:
         body, headers = encode_infer_response(model.name, parsed, outputs, model.labels)
         return HttpResponse(200, body, headers)
 
+    async def _stats(self) -> HttpResponse:
+        counts = await self.statistics() if self.statistics is not None else ModelStatistics()
+        return HttpResponse.json({"model_stats": [counts.to_dict(self.model.name)]})
+
     async def _classify(self, request: HttpRequest) -> HttpResponse:
         _identity_encoding(request)
         top_k = _top_k(request.query.get("top_k", "5"), len(self.model.labels))
@@ -156,6 +168,15 @@ class InferenceAPI:
         return HttpResponse.json(
             {"model_name": self.model.name, "top": prediction.to_dict()["top"]}
         )
+
+
+def check_model(served: str, name: str, version: str = "") -> None:
+    """Raise :class:`RequestError` (404) unless ``name`` is the ``served`` model and
+    ``version`` is its one version, ``"1"`` (``""``: the latest, as in Triton)."""
+    if name != served:
+        raise RequestError(404, f"unknown model {name!r}; this server has {served!r}")
+    if version not in ("", "1"):
+        raise RequestError(404, f"model {served!r} has only version 1")
 
 
 def _allow(request: HttpRequest, method: str) -> None:

@@ -28,15 +28,15 @@ from resnext_deploy.raylocal import (
 )
 from resnext_deploy.runtime.providers import Provider, check_provider
 from resnext_deploy.serve.config import IMPORT_PATH, ServeConfig
+from resnext_deploy.serve.exposure import check_not_exposed, endpoints
 from resnext_deploy.serve.model import ServedModel
-from resnext_deploy.serve.uploads import (
-    LIMITS_ENV,
-    PROXY_CALLBACK,
-    PROXY_CALLBACK_ENV,
-    UploadLimits,
-)
+from resnext_deploy.serve.proxy import GRPC_HOST_ENV, PROXY_CALLBACK, PROXY_CALLBACK_ENV
+from resnext_deploy.serve.uploads import LIMITS_ENV, UploadLimits
 
 log = logging.getLogger(__name__)
+GRPC_MESSAGE_ENV = "RAY_SERVE_GRPC_MAX_MESSAGE_SIZE"
+NICENESS_ENV = "RAY_worker_niceness"  # RayConfig's worker_niceness, read by each raylet
+GRPC_SERVICER = "resnext_deploy.serve.grpc_service.add_service_to_server"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -45,6 +45,7 @@ class ServeInfo:
 
     model: str
     url: str
+    grpc_address: str | None  # host:port of the gRPC service, None without one
     cluster: str | None  # the Ray address joined, None for a local Ray
     metrics_url: str | None
     replicas: int
@@ -76,7 +77,8 @@ def serve_model(
     Raises :class:`ArtifactError` for an export that fails its manifest check or whose model
     onnxruntime cannot open (checked before Ray starts), :class:`ProviderUnavailableError`
     when the provider cannot start here (local Ray only), :class:`ConfigError` for a port in
-    use, :class:`ServeError` when Ray or the deployment fails.
+    use, :class:`ServeError` when Ray or the deployment fails, or when a process of the local
+    Ray listens beyond loopback on a port other than the server's own.
     """
     name = check_model(config)
     address = cluster_address(config)
@@ -84,7 +86,8 @@ def serve_model(
         # Fail here, in one line, rather than in a replica's traceback.
         if config.provider is Provider.CUDA:
             check_provider(Provider.CUDA)
-        _check_port_free(config.host, config.port)
+        for port in _ports(config):
+            _check_port_free(config.host, port)
     on_starting()
     stop = threading.Event()
     previous = {s: signal.getsignal(s) for s in SIGNALS}
@@ -98,6 +101,8 @@ def serve_model(
             _start_ray(ray, config, address)
         info = _deploy(config, name, address, ray)
         interrupts.raise_if_interrupted()  # a signal Ray swallowed while deploying
+        if address is None:
+            check_not_exposed(endpoints(config.host, _ports(config)))
         _stop_on_signals(stop)
         on_ready(info)
         stop.wait()
@@ -124,30 +129,44 @@ def check_model(config: ServeConfig) -> str:
         model.close()
 
 
+def _ports(config: ServeConfig) -> list[int]:
+    """The ports the server listens on beyond loopback: HTTP, and gRPC where asked for."""
+    return [config.port] + ([config.grpc_port] if config.grpc_port is not None else [])
+
+
 def _start_ray(ray: Any, config: ServeConfig, address: str | None) -> None:
     if address is None:
-        with _proxy_environment(UploadLimits.of(config)):
+        with _proxy_environment(config):
             start_ray(ray, None, ServeError, _metrics_export_port=config.metrics_port)
     else:
         start_ray(ray, address, ServeError)
 
 
 @contextmanager
-def _proxy_environment(limits: UploadLimits) -> Iterator[None]:
-    """The environment the local Ray's processes inherit: Serve's proxy reads every request
-    body through :class:`~resnext_deploy.serve.uploads.UploadGate`, within these limits."""
+def _proxy_environment(config: ServeConfig) -> Iterator[None]:
+    """The environment the local Ray's processes inherit: Serve's proxy answers faults in the
+    protocol and reads every request body within ``config``'s limits
+    (:mod:`resnext_deploy.serve.proxy`), and its gRPC server listens on ``config.host``."""
     theirs = os.environ.get(PROXY_CALLBACK_ENV)
     if theirs and theirs != PROXY_CALLBACK:
         log.warning(
             "%s is set to %s: request bodies are read in the replicas, with no bound on "
-            "uploads at once",
+            "uploads at once; faults may be answered in plain text; gRPC listens on every "
+            "interface",
             PROXY_CALLBACK_ENV,
             theirs,
         )
         yield
         return
-    saved = {k: os.environ.get(k) for k in (PROXY_CALLBACK_ENV, LIMITS_ENV)}
-    os.environ[PROXY_CALLBACK_ENV], os.environ[LIMITS_ENV] = PROXY_CALLBACK, limits.to_env()
+    settings = {
+        PROXY_CALLBACK_ENV: PROXY_CALLBACK,
+        LIMITS_ENV: UploadLimits.of(config).to_env(),
+        GRPC_HOST_ENV: config.host,
+        # A gRPC message is one request body: the same bound as over HTTP (Ray's is 2 GiB).
+        GRPC_MESSAGE_ENV: str(config.max_body_bytes),
+    }
+    saved = {k: os.environ.get(k) for k in settings}
+    os.environ.update(settings)
     try:
         yield
     finally:
@@ -167,19 +186,29 @@ def _deploy(config: ServeConfig, name: str, address: str | None, ray: Any) -> Se
     try:
         serve.start(
             http_options={"host": config.host, "port": config.port},
+            grpc_options=grpc_options(config),
             logging_config={"enable_access_log": config.access_log},
         )
         serve.run(build_app(config.to_args()), name=name, route_prefix="/")
-    except (RayServeException, ray.exceptions.RayError, RuntimeError) as exc:
+    except (RayServeException, ray.exceptions.RayError, RuntimeError, TypeError) as exc:
         raise ServeError(f"deploying {name} failed: {ray_cause(exc)}") from None
+    host = _url_host(config.host)
     return ServeInfo(
         model=name,
-        url=f"http://{_url_host(config.host)}:{config.port}",
+        url=f"http://{host}:{config.port}",
+        grpc_address=f"{host}:{config.grpc_port}" if config.grpc_port else None,
         cluster=address,
         metrics_url=_metrics_url(ray),
         replicas=config.replicas,
         batching=config.batching,
     )
+
+
+def grpc_options(config: ServeConfig) -> dict[str, Any] | None:
+    """Serve's gRPC proxy with the service definition Triton's client ships, or None."""
+    if config.grpc_port is None:
+        return None
+    return {"port": config.grpc_port, "grpc_servicer_functions": [GRPC_SERVICER]}
 
 
 def _shutdown(app: str, address: str | None) -> None:
@@ -238,6 +267,7 @@ def serve_config_document(config: ServeConfig) -> dict[str, Any]:
     return {
         "proxy_location": "EveryNode",
         "http_options": {"host": config.host, "port": config.port},
+        **({"grpc_options": grpc_options(config)} if config.grpc_port is not None else {}),
         "logging_config": {"enable_access_log": config.access_log},
         "applications": [
             {
@@ -267,10 +297,14 @@ def write_serve_config(config: ServeConfig, path: Path) -> Path:
     header = (
         "# Ray Serve config for `serve deploy` / KubeRay (RayService serveConfigV2), written by\n"
         "# resnext-deploy. Every node needs resnext-deploy[serve] installed and export_dir.\n"
-        "# Start every node with these in its environment, so Serve's proxy reads request\n"
-        "# bodies within a deadline before they reach a replica (stalled uploads):\n"
+        "# Start every node with these in its environment: Serve's proxy then reads request\n"
+        "# bodies within a deadline before they reach a replica (stalled uploads), answers\n"
+        "# faults in the protocol's JSON and readiness within 0.5 s, its gRPC server listens\n"
+        "# on the host below; and replicas run at the node's priority (Ray's default: nice 15):\n"
         f"#   {PROXY_CALLBACK_ENV}={PROXY_CALLBACK}\n"
         f"#   {LIMITS_ENV}='{UploadLimits.of(config).to_env()}'\n"
+        f"#   {GRPC_HOST_ENV}={config.host}\n"
+        f"#   {NICENESS_ENV}=0\n"
     )
     text = header + yaml.safe_dump(document, sort_keys=False, default_flow_style=False)
     try:

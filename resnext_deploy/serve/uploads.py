@@ -5,8 +5,9 @@ Ray Serve's proxy hands a request to a replica as soon as its headers arrive, an
 then pulls the body through the proxy: a client that sends part of a body and stalls holds one
 of the replica's ``max_ongoing_requests`` slots for as long as it likes, and ``2 x max batch``
 such clients stop every request. :class:`UploadGate`, an ASGI middleware in front of the proxy
-(Ray's ``RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH`` hook, :func:`proxy_middlewares`, which
-``serve`` sets for the local Ray it starts), reads each body first and passes on complete
+(Ray's ``RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH`` hook,
+:func:`resnext_deploy.serve.proxy.proxy_middlewares`, which ``serve`` sets for the local Ray it
+starts), reads each body first and passes on complete
 requests only. A body must arrive within the deadline (408 after it) and stay within the size
 limit (413); at most ``max_uploads`` are read at once, and a request that finds no free slot
 within that time gets 503. Requests without a body (health checks, metadata) pass straight
@@ -20,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -36,8 +36,6 @@ from resnext_deploy.serve.config import (
 from resnext_deploy.serve.protocol import RequestError
 
 LIMITS_ENV = "RESNEXT_DEPLOY_UPLOADS"  # the gate's limits, as JSON (UploadLimits.to_env)
-PROXY_CALLBACK_ENV = "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"
-PROXY_CALLBACK = "resnext_deploy.serve.uploads:proxy_middlewares"
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -205,8 +203,8 @@ async def send_error(send: Send, status: int, message: str) -> None:
 
 
 def proxy_middlewares() -> list[Any]:
-    """Ray Serve's proxy callback (``RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH``): the gate,
-    with the limits in ``RESNEXT_DEPLOY_UPLOADS``."""
-    from starlette.middleware import Middleware
+    """The proxy callback under its earlier import path (clusters started with it keep
+    working): :func:`resnext_deploy.serve.proxy.proxy_middlewares`."""
+    from resnext_deploy.serve.proxy import proxy_middlewares as current
 
-    return [Middleware(UploadGate, limits=UploadLimits.from_env(os.environ.get(LIMITS_ENV)))]
+    return current()

@@ -63,12 +63,17 @@ def test_serve_config_file_is_what_ray_serve_accepts(tiny_export: Path, tmp_path
 
     config = ServeConfig(
         export_dir=tiny_export, provider=Provider.CUDA, replicas=2, gpus_per_replica=0.5,
-        max_batch_size=16, host="0.0.0.0", port=8123,
+        max_batch_size=16, host="0.0.0.0", port=8123, grpc_port=8124,
     )  # fmt: skip
     path = write_serve_config(config, tmp_path / "serve.yaml")
     document = yaml.safe_load(path.read_text())
     schema = ServeDeploySchema.model_validate(document)
     assert schema.http_options.host == "0.0.0.0" and schema.http_options.port == 8123
+    assert schema.grpc_options.port == 8124
+    # Ray imports the servicer function by that path (in its proxy).
+    servicer = schema.grpc_options.grpc_servicer_functions[0]
+    module, _, attr = servicer.rpartition(".")
+    assert callable(getattr(__import__(module, fromlist=[attr]), attr))
     (app,) = schema.applications
     assert app.import_path == IMPORT_PATH and app.route_prefix == "/"
     (deployment,) = app.deployments
@@ -97,6 +102,10 @@ def test_cli_writes_the_config_and_refuses_bad_names(tiny_export: Path, tmp_path
     result = runner.invoke(app, ["serve", str(tiny_export), "--name", "../../escape"])
     assert result.exit_code == 1 and "not allowed" in result.output
     assert "Traceback" not in result.output
+    result = runner.invoke(
+        app, ["serve", str(tiny_export), "--port", "8100", "--grpc-port", "8100"]
+    )
+    assert result.exit_code == 1 and "ports must differ" in result.output
 
 
 def test_serve_refuses_a_port_in_use_before_starting_ray(tiny_export: Path) -> None:
@@ -133,6 +142,8 @@ def test_only_serve_and_batch_runners_import_ray_and_nothing_below_imports_serve
     ray_allowed = {
         PACKAGE / "serve" / "app.py",
         PACKAGE / "serve" / "run.py",
+        PACKAGE / "serve" / "proxy.py",  # in Ray's proxy and replica processes
+        PACKAGE / "serve" / "statstore.py",
         PACKAGE / "batch" / "run.py",
     }
     serve_allowed_deps = (

@@ -37,7 +37,7 @@ from resnext_deploy.errors import ConfigError
 from resnext_deploy.serve.config import ServeConfig
 from resnext_deploy.serve.model import ServedModel
 from resnext_deploy.serve.routes import HttpRequest, InferenceAPI
-from tests.serve.running import START_TIMEOUT_S, wait_until_serving
+from tests.serve.running import START_TIMEOUT_S, free_port, wait_until_serving
 from tests.test_hostile import _rehash, assert_one_error, invoke, workspace  # noqa: F401
 
 pytest.importorskip("ray.serve", reason="the serve tests need the [serve] extra")
@@ -155,7 +155,7 @@ def test_a_garbage_but_rehashed_onnx_is_one_error_before_ray_starts(
         raise AssertionError("Ray started before the model was checked")
 
     monkeypatch.setattr(run, "_start_ray", no_ray)
-    result = invoke("serve", export, "--port", _free_port())
+    result = invoke("serve", export, "--port", free_port())
     assert_one_error(result, "model.onnx")
     assert "Protobuf parsing failed" in result.stderr
 
@@ -305,12 +305,6 @@ def test_the_upload_gate_times_out_stalled_bodies_and_passes_whole_ones() -> Non
 # --- the live server ----------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _serve_command(export: Path, port: int, *extra: str) -> list[str]:
     return [
         sys.executable, "-m", "resnext_deploy", "serve", str(export),
@@ -330,7 +324,7 @@ SERVE_ENV = {
 def server(tiny_export: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     """A server with max batch 4 (so 8 requests fill its replica) and a short body deadline;
     yields its port."""
-    port = _free_port()
+    port = free_port()
     log = tmp_path_factory.mktemp("serve") / "serve.log"
     command = _serve_command(tiny_export, port, "--body-timeout-s", str(BODY_TIMEOUT_S))
     with log.open("wb") as sink:
@@ -454,7 +448,7 @@ def test_a_signal_during_start_up_exits_128_plus_signum_and_leaves_no_ray_proces
     log = tmp_path / "serve.log"
     with log.open("wb") as sink:
         proc = subprocess.Popen(
-            _serve_command(tiny_export, _free_port()),
+            _serve_command(tiny_export, free_port()),
             stdout=subprocess.DEVNULL,
             stderr=sink,
             env=os.environ | SERVE_ENV,

@@ -27,7 +27,7 @@ from PIL import Image
 
 from resnext_deploy.predict import Classifier, predict_paths, softmax
 from resnext_deploy.preprocess import preprocess
-from tests.serve.running import serving
+from tests.serve.running import free_port, serving
 
 triton = pytest.importorskip("tritonclient.http", reason="the serve tests need the [test] extra")
 InferenceServerException = pytest.importorskip("tritonclient.utils").InferenceServerException
@@ -63,15 +63,9 @@ def _http(method: str, url: str, body: bytes | None = None, headers: dict[str, s
         return exc.code, exc.read()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tiny_export: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    port, metrics_port = _free_port(), _free_port()
+    port, metrics_port = free_port(), free_port()
     log = tmp_path_factory.mktemp("serve") / "serve.log"
     env = os.environ | {
         "RAY_USAGE_STATS_ENABLED": "0",  # no network beyond loopback

@@ -16,8 +16,8 @@ from PIL import Image
 
 from resnext_deploy.predict import Classifier, predict_paths
 from tests.photos import colour_photos
-from tests.serve.running import serving
-from tests.serve.test_server import Server, _free_port, _http
+from tests.serve.running import free_port, serving
+from tests.serve.test_server import Server, _http
 
 pytest.importorskip("openvino")
 MODEL = "resnext14_8x4d"
@@ -27,7 +27,7 @@ MODEL = "resnext14_8x4d"
 def openvino_server(
     tiny_every_variant: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Server]:
-    port, metrics_port = _free_port(), _free_port()
+    port, metrics_port = free_port(), free_port()
     log = tmp_path_factory.mktemp("serve-openvino") / "serve.log"
     env = os.environ | {"RAY_USAGE_STATS_ENABLED": "0", "RAY_ADDRESS": ""}
     command = [
