@@ -345,6 +345,13 @@ def markdown(report: dict[str, Any]) -> str:
         f"- Requests that did not get a right 200 before the removal: "
         f"{s['not_ok_before_removal']}.",
         "",
+    ]
+    return "\n".join(lines + _details(report)) + "\n"
+
+
+def _details(report: dict[str, Any]) -> list[str]:
+    """The failed requests one by one, and the per-second table."""
+    lines = [
         "Every request that did not get a right 200 (time of its answer, proxy, what came back):",
         "",
         *(
@@ -362,7 +369,7 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append(
             f"| {row['second']} | {row['ok']} | {row['failed']} | {row['lost']} | {row['wrong']} |"
         )
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def main() -> None:

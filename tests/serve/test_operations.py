@@ -187,11 +187,18 @@ def _photos(tiny_export: Path, copies: int) -> np.ndarray:
     return preprocess(list(load_sample_images().images) * copies, Classifier(tiny_export).spec)
 
 
+def _settled_statistics(client: Any, **options: Any) -> dict[str, Any]:
+    """The model's statistics once every replica's latest counts reached the sum (each replica
+    sends its totals at most every PUSH_PERIOD_S): also those of a test that ran before."""
+    time.sleep(PUSH_PERIOD_S + 1.0)
+    return client.get_inference_statistics(MODEL, **options)["model_stats"][0]
+
+
 def test_statistics_count_every_request_over_both_replicas(
     server: Server, tiny_export: Path
 ) -> None:
     client = triton.InferenceServerClient(f"127.0.0.1:{server.port}", network_timeout=60)
-    before = client.get_inference_statistics(MODEL)["model_stats"][0]
+    before = _settled_statistics(client)
     handled = server.requests_per_replica()
     batch = _photos(tiny_export, 1)  # 2 photos per request
     load = Load(f"127.0.0.1:{server.port}", batch, _reference(tiny_export, batch))
@@ -199,8 +206,7 @@ def test_statistics_count_every_request_over_both_replicas(
     with ThreadPoolExecutor(4) as pool:
         list(pool.map(lambda _: load.ask(), range(sent)))
     assert load.ok == sent and not load.errors and not load.wrong
-    time.sleep(PUSH_PERIOD_S + 1.0)  # the other replica's counts reach the sum
-    after = client.get_inference_statistics(MODEL)["model_stats"][0]
+    after = _settled_statistics(client)
     # The premise: both replicas answered some of them (Ray's own per-replica counter).
     time.sleep(2.0)
     now = server.requests_per_replica()
@@ -283,7 +289,7 @@ def test_grpc_serves_triton_clients_as_http_does(server: Server, tiny_export: Pa
         {"name": "input", "datatype": "FP32", "shape": ["-1", "3", "64", "64"]}
     ]
     assert client.get_model_config(MODEL, as_json=True)["config"]["max_batch_size"] == 8
-    before = client.get_inference_statistics(MODEL, as_json=True)["model_stats"][0]
+    before = _settled_statistics(client, as_json=True)
     batch = _photos(tiny_export, 2)  # 4 colour photos
     tensor = grpc.InferInput("input", list(batch.shape), "FP32")
     tensor.set_data_from_numpy(batch)
@@ -303,8 +309,7 @@ def test_grpc_serves_triton_clients_as_http_does(server: Server, tiny_export: Pa
         with pytest.raises(InferenceServerException, match=message) as caught:
             client.infer(MODEL, inputs)
         assert caught.value.status() == "StatusCode.INVALID_ARGUMENT"
-    time.sleep(PUSH_PERIOD_S + 1.0)
-    after = client.get_inference_statistics(MODEL, as_json=True)["model_stats"][0]
+    after = _settled_statistics(client, as_json=True)
     success = lambda s: int(s["inference_stats"]["success"].get("count", 0))  # noqa: E731
     fail = lambda s: int(s["inference_stats"]["fail"].get("count", 0))  # noqa: E731
     assert success(after) - success(before) == 2 and fail(after) - fail(before) == 2
