@@ -35,13 +35,18 @@ class Listener:
 def is_loopback(ip: str) -> bool:
     """127.0.0.0/8, ::1, and IPv4 loopback mapped into IPv6 (``::ffff:127.0.0.1``, how a
     dual-stack server bound to 127.0.0.1 shows)."""
-    address = ipaddress.ip_address(ip.split("%")[0])
+    address = _address(ip)
     mapped = getattr(address, "ipv4_mapped", None)
     return address.is_loopback or (mapped is not None and mapped.is_loopback)
 
 
 def is_wildcard(ip: str) -> bool:
-    return ipaddress.ip_address(ip.split("%")[0]).is_unspecified
+    return _address(ip).is_unspecified
+
+
+def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """An address without its IPv6 scope (``fe80::1%eth0``): one form to compare."""
+    return ipaddress.ip_address(text.split("%")[0])
 
 
 def process_tree_listeners() -> list[Listener]:
@@ -89,13 +94,13 @@ def _name(process: Any) -> str:
 def endpoints(host: str, ports: Iterable[int]) -> set[tuple[str, int]]:
     """(address, port) for every address ``host`` names (an address, or a name resolved)."""
     try:
-        addresses = {str(ipaddress.ip_address(host))}
+        addresses = {str(_address(host))}
     except ValueError:
         try:
             infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
         except OSError:
             infos = []
-        addresses = {str(ipaddress.ip_address(info[4][0])) for info in infos}
+        addresses = {str(_address(str(info[4][0]))) for info in infos}
     return {(address, port) for address in addresses for port in ports}
 
 
@@ -105,8 +110,7 @@ def exposed(listeners: Iterable[Listener], allowed: set[tuple[str, int]]) -> lis
     return [
         item
         for item in listeners
-        if not is_loopback(item.ip)
-        and (str(ipaddress.ip_address(item.ip.split("%")[0])), item.port) not in allowed
+        if not is_loopback(item.ip) and (str(_address(item.ip)), item.port) not in allowed
     ]
 
 

@@ -19,6 +19,7 @@ from resnext_deploy import interrupts
 from resnext_deploy.errors import ConfigError, ServeError
 from resnext_deploy.fileio import atomic_write_text, check_writable_dir
 from resnext_deploy.raylocal import (
+    LOCAL_SYSTEM_CONFIG,
     SIGNALS,
     LocalProcesses,
     local_ray_alive,
@@ -35,7 +36,7 @@ from resnext_deploy.serve.uploads import LIMITS_ENV, UploadLimits
 
 log = logging.getLogger(__name__)
 GRPC_MESSAGE_ENV = "RAY_SERVE_GRPC_MAX_MESSAGE_SIZE"
-NICENESS_ENV = "RAY_worker_niceness"  # RayConfig's worker_niceness, read by each raylet
+NICENESS_ENV = "RAY_worker_niceness"  # RayConfig's worker_niceness, as a `ray start` node reads it
 GRPC_SERVICER = "resnext_deploy.serve.grpc_service.add_service_to_server"
 
 
@@ -304,7 +305,7 @@ def write_serve_config(config: ServeConfig, path: Path) -> Path:
         f"#   {PROXY_CALLBACK_ENV}={PROXY_CALLBACK}\n"
         f"#   {LIMITS_ENV}='{UploadLimits.of(config).to_env()}'\n"
         f"#   {GRPC_HOST_ENV}={config.host}\n"
-        f"#   {NICENESS_ENV}=0\n"
+        f"#   {NICENESS_ENV}={LOCAL_SYSTEM_CONFIG['worker_niceness']}\n"
     )
     text = header + yaml.safe_dump(document, sort_keys=False, default_flow_style=False)
     try:
