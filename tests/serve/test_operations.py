@@ -143,7 +143,7 @@ def test_replicas_and_ray_run_at_the_priority_of_the_serve_command(server: Serve
     replicas = server.replicas()
     assert replicas
     assert {p.nice() for p in server.tree()} == {serve_nice}, [
-        (" ".join(_cmdline(p))[:40], p.nice()) for p in server.tree()
+        (_title(p)[:40], p.nice()) for p in server.tree()
     ]
 
 
